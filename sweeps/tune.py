@@ -1,0 +1,415 @@
+"""The Ray Tune wiring: the only module that imports Ray Tune.
+
+One builder, :func:`run_sweep`, puts together the pieces:
+
+- a function trainable (:func:`run_trial`) whose actors are reused between trials;
+- the dataset loaded once by the driver and put in the object store once per sweep;
+- :class:`SweepOptunaSearch`: Optuna (TPE, random or grid) with its own study per sweep;
+- ASHA on our own ``epoch`` counter;
+- MLflow: a parent run per sweep execution, a child run per trial owned by the trial.
+
+What Optuna learns from trials ASHA stopped: they are told as PRUNED with their
+per-epoch values reported as intermediate steps, so TPE ranks them below trials that
+reached the full budget instead of comparing partial-budget values with full ones.
+Failed trials are told as FAIL, whatever they reported before failing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import platform
+import secrets
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+import yaml
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from sweeps.progress import LoggingProgress, ProgressSink, SweepSnapshot
+from sweeps.space import make_sampler, suggest
+from sweeps.spec import ASHASpec, SweepSpec
+from sweeps.validate import resolve_trainer
+from tracking import SweepTracker, TrialRun, TrialStatus, resolve_tracking_uri
+from tracking import tags as T
+from trainer import DataConfig, Dataset, MLPConfig, StopTraining, load_dataset, train
+
+logger = logging.getLogger(__name__)
+
+# Set before Ray starts workers: Tune's per-trial JSON/CSV/TensorBoard loggers duplicate what
+# MLflow records and cost time on every result.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter is silent at verbose=0
+# The CLI draws its own progress; these say nothing a sweep user needs.
+logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+THREAD_TIMEOUT_S = "30"  # how long a reused actor waits for a stopped trial to close its MLflow run
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs besides its hyperparameters. Infrastructure, not config."""
+
+    sweep_name: str
+    sweep_id: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    trainer: str
+    metric: str
+    threads: int
+    flush_seconds: float
+    data_ref: Any  # ObjectRef of the Dataset
+
+
+@dataclass
+class SweepOutcome:
+    """What a finished (or interrupted) sweep returns."""
+
+    sweep_id: str
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    status: str
+    snapshot: SweepSnapshot
+    best_run_id: str | None = None
+    trial_statuses: dict[str, str] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+
+# ---- the trainable (runs in Ray worker processes) ---------------------------------------------
+_DATA_CACHE: dict[str, Dataset] = {}
+
+
+def _dataset(ctx: TrialContext) -> Dataset:
+    """The sweep's dataset, fetched from the object store once per worker process."""
+    key = ctx.sweep_id
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = ray.get(ctx.data_ref)
+    return _DATA_CACHE[key]
+
+
+class MetricNotReported(KeyError):
+    """The trainer's report lacks the metric the sweep optimizes."""
+
+
+def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Train one configuration, reporting every epoch to Tune and to the trial's MLflow run."""
+    os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = THREAD_TIMEOUT_S
+    trial_id = tune.get_context().get_trial_id()
+    builtin = ctx.trainer == "mlp"
+    params = MLPConfig(**config).model_dump() if builtin else dict(config)
+    run = TrialRun.open(
+        ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, ctx.sweep_name, ctx.sweep_id,
+        trial_id, params, run_name=tune.get_context().get_trial_name(), flush_seconds=ctx.flush_seconds,
+    )
+    last_epoch = 0
+    stopped_by_tune = False
+    planned = int(params.get("epochs", 0) or 0)
+
+    def report(metrics: dict[str, Any]) -> None:
+        nonlocal last_epoch, stopped_by_tune
+        if ctx.metric not in metrics or "epoch" not in metrics:
+            raise MetricNotReported(
+                f"the trainer reported {sorted(metrics)}; the sweep's metric.name={ctx.metric!r} "
+                "and 'epoch' must be among them"
+            )
+        value = metrics[ctx.metric]
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise FloatingPointError(f"epoch {metrics['epoch']}: {ctx.metric} is {value!r}")
+        last_epoch = int(metrics["epoch"])
+        run.log_epoch({k: v for k, v in metrics.items() if k != "epoch"}, epoch=last_epoch)
+        try:
+            tune.report(dict(metrics))
+        except SystemExit:  # Tune ends a stopped trial's thread with sys.exit inside report()
+            stopped_by_tune = True
+            raise StopTraining from None
+
+    try:
+        if builtin:
+            result = train(MLPConfig(**config), _dataset(ctx), lambda m: report(m.as_dict()),
+                           threads=ctx.threads)
+            test = result.test
+        else:
+            try:
+                test = resolve_trainer(ctx.trainer)(dict(config), report) or {}
+            except StopTraining:
+                test = {}
+    except BaseException as e:
+        run.finish(TrialStatus.FAILED, reason=f"{type(e).__name__}: {e}")
+        raise
+    run.log_metrics(test, step=last_epoch)
+    if stopped_by_tune and last_epoch < planned:
+        run.finish(TrialStatus.STOPPED_EARLY, stopped_epoch=last_epoch)
+    else:  # ASHA also "stops" a trial that reached max_t: that trial completed its budget
+        run.finish(TrialStatus.COMPLETED)
+    if stopped_by_tune:
+        # Returning normally would make Tune report a final result that nobody collects,
+        # and the thread would block; end it the way Tune expects.
+        raise SystemExit(0)
+
+
+# ---- the searcher -----------------------------------------------------------------------------
+class SweepOptunaSearch(OptunaSearch):
+    """OptunaSearch that steps on ``epoch`` and tells Optuna the real outcome of each trial."""
+
+    def __init__(self, spec: SweepSpec, study_name: str, concurrent: int):
+        super().__init__(
+            space=functools.partial(_constants_only, spec=spec),  # picklable: Tune saves the searcher
+            metric=spec.metric.name,
+            mode=spec.metric.mode,
+            sampler=make_sampler(spec, concurrent),
+            study_name=study_name,
+        )
+        self._planned_epochs: dict[str, int] = {}
+        self._default_epochs = spec.max_epochs()
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if config is not None:
+            self._planned_epochs[trial_id] = int(config.get("epochs", self._default_epochs))
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or self.metric not in result:
+            return
+        self._ot_trials[trial_id].report(result[self.metric], int(result.get("epoch", 0)))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        value = (result or {}).get(self.metric)
+        if error or value is None or not math.isfinite(value):
+            state, value = optuna.trial.TrialState.FAIL, None
+        elif int((result or {}).get("epoch", 0)) < self._planned_epochs.get(trial_id, 0):
+            state, value = optuna.trial.TrialState.PRUNED, None
+        else:
+            state = optuna.trial.TrialState.COMPLETE
+        self._ot_study.tell(ot_trial, value, state=state)
+        self._completed_trials.add(trial_id)
+
+
+def _constants_only(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
+    chosen = suggest(trial, spec)
+    return {k: v for k, v in chosen.items() if k not in trial.params}
+
+
+# ---- progress and outcomes, on the driver -----------------------------------------------------
+class _SweepCallback(tune.Callback):
+    def __init__(self, spec: SweepSpec, sink: ProgressSink):
+        self.spec = spec
+        self.sink = sink
+        self.metric = spec.metric.name
+        self.sign = 1.0 if spec.metric.goal == "maximize" else -1.0
+        self.outcomes: dict[str, tuple[TrialStatus, int | None, str | None]] = {}
+        self.running: set[str] = set()
+        self.last: dict[str, dict[str, Any]] = {}
+        self.best: tuple[float, str, dict[str, Any]] | None = None
+        self.best_completed: tuple[float, str, dict[str, Any]] | None = None
+        self.planned = spec.max_epochs()
+
+    def _emit(self, event: str) -> None:
+        best = self.best_completed or self.best
+        counts = {s: sum(1 for o in self.outcomes.values() if o[0] is s) for s in TrialStatus}
+        self.sink.update(SweepSnapshot(
+            name=self.spec.name, metric=self.metric, goal=self.spec.metric.goal,
+            total=self.spec.num_trials(), completed=counts[TrialStatus.COMPLETED],
+            stopped_early=counts[TrialStatus.STOPPED_EARLY], failed=counts[TrialStatus.FAILED],
+            running=len(self.running), best_value=best[0] * self.sign if best else None,
+            best_trial=best[1] if best else None, best_config=best[2] if best else {}, last_event=event,
+        ))
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running.add(trial.trial_id)
+        self._emit(f"trial {trial.trial_id} started")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.last[trial.trial_id] = result
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            if self.best is None or value * self.sign > self.best[0]:
+                self.best = (value * self.sign, trial.trial_id, dict(trial.config))
+        self._emit(f"trial {trial.trial_id} epoch {result.get('epoch')}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running.discard(trial.trial_id)
+        result = self.last.get(trial.trial_id) or trial.last_result or {}
+        epoch = int(result.get("epoch", 0))
+        planned = int(trial.config.get("epochs", self.planned))
+        if epoch < planned:
+            self.outcomes[trial.trial_id] = (TrialStatus.STOPPED_EARLY, epoch, None)
+        else:
+            self.outcomes[trial.trial_id] = (TrialStatus.COMPLETED, None, None)
+            value = result.get(self.metric)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                if self.best_completed is None or value * self.sign > self.best_completed[0]:
+                    self.best_completed = (value * self.sign, trial.trial_id, dict(trial.config))
+        self._emit(f"trial {trial.trial_id} {self.outcomes[trial.trial_id][0].value}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running.discard(trial.trial_id)
+        reason = str(getattr(trial, "error_msg", None) or "the trial raised an error")
+        self.outcomes[trial.trial_id] = (TrialStatus.FAILED, None, reason.strip().splitlines()[-1][:2000])
+        self._emit(f"trial {trial.trial_id} failed")
+
+
+# ---- the builder ------------------------------------------------------------------------------
+def new_sweep_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def _ensure_ray(num_cpus: int | None = None) -> None:
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+        )
+
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    source_text: str | None = None,
+    progress: ProgressSink | None = None,
+    results_dir: str | Path = "sweep_results",
+) -> SweepOutcome:
+    """Run a validated sweep end to end and return its outcome.
+
+    The dataset is loaded before anything is recorded, so a missing data file fails
+    without creating a run. No MLflow run is left RUNNING when this returns, also when
+    the sweep is interrupted with Ctrl-C.
+    """
+    started = time.perf_counter()
+    sink = progress or LoggingProgress()
+    data = load_dataset(spec.data)
+    uri = resolve_tracking_uri(spec.tracking.uri)
+    sweep_id = new_sweep_id()
+    tracker = SweepTracker(uri, spec.experiment_name(), spec.name, sweep_id)
+    resolved = spec.model_dump(mode="json")
+    parent = tracker.start(spec.description, params={
+        "search.algorithm": spec.search.algorithm, "search.trials": spec.num_trials(),
+        "search.seed": spec.search.seed, "metric": f"{spec.metric.name} ({spec.metric.goal})",
+        "early_stopping": spec.early_stopping.type, "data.dataset": spec.data.dataset,
+        "trainer": spec.trainer,
+    })
+    tracker.set_tags({T.METRIC: f"{spec.metric.name}:{spec.metric.goal}"})
+    if source_text is not None:
+        tracker.log_text(source_text, "sweep.yaml")
+    tracker.log_text(yaml.safe_dump(resolved, sort_keys=False), "spec.resolved.yaml")
+    tracker.log_text(json.dumps(_environment(), indent=2), "environment.json")
+
+    callback = _SweepCallback(spec, sink)
+    status = "failed"
+    results = None
+    try:
+        _ensure_ray()
+        concurrent = spec.resources.max_concurrent_trials
+        ctx = TrialContext(
+            sweep_name=spec.name, sweep_id=sweep_id, tracking_uri=uri, experiment_id=tracker.experiment_id,
+            parent_run_id=parent, trainer=spec.trainer, metric=spec.metric.name,
+            threads=max(1, int(spec.resources.cpus_per_trial)), flush_seconds=spec.tracking.flush_seconds,
+            data_ref=ray.put(data),
+        )
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, ctx=ctx),
+            {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
+        )
+        es = spec.early_stopping
+        scheduler = (
+            ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs(), grace_period=es.grace_period,
+                          reduction_factor=es.reduction_factor)
+            if isinstance(es, ASHASpec) else FIFOScheduler()
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=spec.metric.name, mode=spec.metric.mode,
+                search_alg=SweepOptunaSearch(spec, study_name=f"{spec.name}-{sweep_id}", concurrent=concurrent),
+                scheduler=scheduler, num_samples=spec.num_trials(),
+                max_concurrent_trials=concurrent, reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=f"{spec.name}-{sweep_id}",
+                storage_path=str(Path(results_dir).resolve()),
+                verbose=0,
+                callbacks=[callback],
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+        results = tuner.fit()
+        finished = len(callback.outcomes)
+        status = "completed" if finished >= spec.num_trials() else "interrupted"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        closed = tracker.reconcile(callback.outcomes, wait_seconds=10.0 if results is not None else 2.0)
+        if closed:
+            logger.warning("closed %d trial run(s) that their workers left RUNNING", closed)
+        best_run = _best_run(tracker, callback)
+        best_tags: dict[str, Any] = {}
+        if best_run is not None:
+            best_tags = {T.BEST_TRIAL: best_run.data.tags.get(T.TRIAL_ID), T.BEST_RUN: best_run.info.run_id}
+            value = best_run.data.metrics.get(spec.metric.name)
+            if value is not None:
+                tracker.log_metrics({f"best_{spec.metric.name}": value})
+        tracker.log_metrics({f"trials_{s.value}": sum(1 for o in callback.outcomes.values() if o[0] is s)
+                             for s in TrialStatus})
+        tracker.finish(status, best_tags)
+        _ = results
+
+    best_cfg = callback.best_completed or callback.best
+    snapshot = SweepSnapshot(
+        name=spec.name, metric=spec.metric.name, goal=spec.metric.goal, total=spec.num_trials(),
+        completed=sum(1 for o in callback.outcomes.values() if o[0] is TrialStatus.COMPLETED),
+        stopped_early=sum(1 for o in callback.outcomes.values() if o[0] is TrialStatus.STOPPED_EARLY),
+        failed=sum(1 for o in callback.outcomes.values() if o[0] is TrialStatus.FAILED),
+        best_value=best_cfg[0] * callback.sign if best_cfg else None,
+        best_trial=best_cfg[1] if best_cfg else None, best_config=best_cfg[2] if best_cfg else {},
+        last_event=f"sweep {status}",
+    )
+    return SweepOutcome(
+        sweep_id=sweep_id, parent_run_id=parent, experiment_id=tracker.experiment_id, tracking_uri=uri,
+        status=status, snapshot=snapshot, best_run_id=best_tags.get(T.BEST_RUN),
+        trial_statuses={k: v[0].value for k, v in callback.outcomes.items()},
+        wall_seconds=time.perf_counter() - started,
+    )
+
+
+def _best_run(tracker: SweepTracker, callback: _SweepCallback) -> Any:
+    best = callback.best_completed or callback.best
+    if best is None:
+        return None
+    for run in tracker.child_runs():
+        if run.data.tags.get(T.TRIAL_ID) == best[1]:
+            return run
+    return None
+
+
+def _environment() -> dict[str, str]:
+    import mlflow
+    import torch
+
+    return {
+        "python": platform.python_version(), "platform": platform.platform(), "ray": ray.__version__,
+        "optuna": optuna.__version__, "mlflow": mlflow.__version__, "torch": torch.__version__,
+    }
+
+
+_ = DataConfig  # the spec's data block type, re-exported for callers building specs in code

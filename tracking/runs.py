@@ -1,0 +1,283 @@
+"""Parent and child runs of a sweep.
+
+The driver owns the parent run (:class:`SweepTracker`); each trial owns its child
+run (:class:`TrialRun`), found by tags before one is created so that a retried
+trial never gets a second run. Per-epoch metrics are buffered and sent with
+``log_batch`` at most every ``flush_seconds``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Run
+
+from tracking import tags
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DB = "mlflow.db"  # the embedded store: a SQLite file in the working directory
+MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+MAX_PARAM_LENGTH = 6000  # MLflow's limit of one param value
+
+_clients: dict[str, MlflowClient] = {}
+
+
+class TrialStatus(str, enum.Enum):
+    """How a trial ended, as written to ``sweep.trial_status``."""
+
+    COMPLETED = tags.COMPLETED
+    STOPPED_EARLY = tags.STOPPED_EARLY
+    FAILED = tags.FAILED
+
+    @property
+    def run_status(self) -> str:
+        return "FAILED" if self is TrialStatus.FAILED else "FINISHED"
+
+
+def resolve_tracking_uri(uri: str | None = None, cwd: str | Path | None = None) -> str:
+    """The tracking URI: the sweep file's, else ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``.
+
+    Relative SQLite paths are made absolute, because Ray workers run in other directories.
+
+    Example:
+        >>> resolve_tracking_uri("sqlite:///runs.db", cwd="/tmp")
+        'sqlite:////tmp/runs.db'
+    """
+    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+    base = Path(cwd) if cwd else Path.cwd()
+    if chosen.startswith("sqlite:///") and not chosen.startswith("sqlite:////"):
+        chosen = "sqlite:///" + str((base / chosen[len("sqlite:///") :]).resolve())
+    elif "://" not in chosen:  # a bare path means a SQLite file
+        chosen = "sqlite:///" + str((base / chosen).resolve())
+    return chosen
+
+
+def client_for(uri: str) -> MlflowClient:
+    """One client per tracking URI and process (creating a SQLite store costs about a second)."""
+    if uri not in _clients:
+        _clients[uri] = MlflowClient(tracking_uri=uri)
+    return _clients[uri]
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+
+
+def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        out[key] = float(value) if math.isfinite(value) else float("nan")
+    return out
+
+
+class TrialRun:
+    """The child run of one trial, written from the worker that runs it.
+
+    Example:
+        >>> import tempfile, os
+        >>> uri = "sqlite:///" + os.path.join(tempfile.mkdtemp(), "m.db")
+        >>> sweep = SweepTracker(uri, experiment="demo", sweep_name="demo", sweep_id="s1")
+        >>> parent = sweep.start()
+        >>> run = TrialRun.open(uri, sweep.experiment_id, parent, "demo", "s1", "t1", {"lr": 0.1})
+        >>> run.log_epoch({"val_loss": 0.5}, epoch=1)
+        >>> run.finish(TrialStatus.COMPLETED)
+        >>> sweep.client.get_run(run.run_id).info.status
+        'FINISHED'
+        >>> sweep.finish("completed")
+    """
+
+    def __init__(self, uri: str, run_id: str, flush_seconds: float = 2.0):
+        self.uri = uri
+        self.run_id = run_id
+        self.client = client_for(uri)
+        self.flush_seconds = flush_seconds
+        self._pending: list[Metric] = []
+        self._last_flush = time.monotonic()
+
+    @classmethod
+    def open(
+        cls,
+        uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        sweep_name: str,
+        sweep_id: str,
+        trial_id: str,
+        params: Mapping[str, Any],
+        run_name: str | None = None,
+        flush_seconds: float = 2.0,
+        extra_tags: Mapping[str, str] | None = None,
+    ) -> TrialRun:
+        """Find this trial's run by its tags, or create it with its params and tags."""
+        client = client_for(uri)
+        existing = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{tags.SWEEP_ID}` = '{sweep_id}' and tags.`{tags.TRIAL_ID}` = '{trial_id}'",
+            max_results=1,
+        )
+        if existing:
+            run = cls(uri, existing[0].info.run_id, flush_seconds)
+            if existing[0].info.status != "RUNNING":
+                client.update_run(run.run_id, status="RUNNING")
+            return run
+        run_tags = {
+            tags.PARENT_RUN_ID: parent_run_id,
+            tags.SWEEP_NAME: sweep_name,
+            tags.SWEEP_ID: sweep_id,
+            tags.TRIAL_ID: trial_id,
+            tags.ROLE: "trial",
+            tags.TRIAL_STATUS: tags.RUNNING,
+            **(extra_tags or {}),
+        }
+        created = client.create_run(experiment_id, tags=run_tags, run_name=run_name or trial_id)
+        run = cls(uri, created.info.run_id, flush_seconds)
+        params_list = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
+        for start in range(0, len(params_list), 100):
+            client.log_batch(run.run_id, params=params_list[start : start + 100])
+        return run
+
+    def log_epoch(self, metrics: Mapping[str, Any], epoch: int) -> None:
+        """Buffer one epoch's metrics with ``step=epoch``; send when the buffer is due."""
+        now_ms = int(time.time() * 1000)
+        for key, value in _finite(metrics).items():
+            self._pending.append(Metric(key, value, now_ms, int(epoch)))
+        if time.monotonic() - self._last_flush >= self.flush_seconds or len(self._pending) >= MAX_BATCH:
+            self.flush()
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int = 0) -> None:
+        """Log metrics now (e.g. the final test metrics)."""
+        now_ms = int(time.time() * 1000)
+        self._pending.extend(Metric(k, v, now_ms, step) for k, v in _finite(metrics).items())
+        self.flush()
+
+    def flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            self.client.log_batch(self.run_id, metrics=batch)
+        self._last_flush = time.monotonic()
+
+    def set_tags(self, values: Mapping[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in values.items()])
+
+    def finish(self, status: TrialStatus, stopped_epoch: int | None = None, reason: str | None = None) -> None:
+        """Flush, tag how the trial ended and close the run."""
+        self.flush()
+        finish_run(self.client, self.run_id, status, stopped_epoch, reason)
+
+
+def finish_run(
+    client: MlflowClient, run_id: str, status: TrialStatus, stopped_epoch: int | None = None,
+    reason: str | None = None,
+) -> None:
+    """Tag a child run with its real outcome and terminate it."""
+    values = {tags.TRIAL_STATUS: status.value}
+    if stopped_epoch is not None:
+        values[tags.STOPPED_EPOCH] = str(stopped_epoch)
+    if reason:
+        values[tags.FAILURE_REASON] = reason[:5000]
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in values.items()])
+    client.set_terminated(run_id, status=status.run_status)
+
+
+class SweepTracker:
+    """The parent run of one sweep execution, driven from the sweep's driver process."""
+
+    def __init__(self, uri: str, experiment: str, sweep_name: str, sweep_id: str):
+        self.uri = uri
+        self.client = client_for(uri)
+        self.sweep_name = sweep_name
+        self.sweep_id = sweep_id
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None and found.lifecycle_stage == "deleted":
+            raise ValueError(
+                f"tracking.experiment={experiment!r}: that MLflow experiment is deleted; "
+                "restore it (mlflow experiments restore) or choose another name"
+            )
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        self.parent_run_id: str | None = None
+
+    def start(self, description: str = "", params: Mapping[str, Any] | None = None) -> str:
+        run_tags = {
+            tags.SWEEP_NAME: self.sweep_name,
+            tags.SWEEP_ID: self.sweep_id,
+            tags.ROLE: "parent",
+            tags.SWEEP_STATUS: tags.RUNNING,
+        }
+        if description:
+            run_tags[tags.NOTE] = description
+        run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=f"{self.sweep_name}-{self.sweep_id}")
+        self.parent_run_id = run.info.run_id
+        if params:
+            self.client.log_batch(
+                self.parent_run_id, params=[Param(k, _param_value(v)) for k, v in sorted(params.items())]
+            )
+        return self.parent_run_id
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self._parent(), text, artifact_file)
+
+    def set_tags(self, values: Mapping[str, Any]) -> None:
+        self.client.log_batch(self._parent(), tags=[RunTag(k, str(v)) for k, v in values.items()])
+
+    def log_metrics(self, metrics: Mapping[str, Any]) -> None:
+        now_ms = int(time.time() * 1000)
+        self.client.log_batch(self._parent(), metrics=[Metric(k, v, now_ms, 0) for k, v in _finite(metrics).items()])
+
+    def child_runs(self) -> list[Run]:
+        return self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{tags.SWEEP_ID}` = '{self.sweep_id}' and tags.`{tags.ROLE}` = 'trial'",
+            max_results=50000,
+        )
+
+    def reconcile(self, outcomes: Mapping[str, tuple[TrialStatus, int | None, str | None]],
+                  wait_seconds: float = 10.0) -> int:
+        """Close child runs a worker left RUNNING, with the outcome the driver saw.
+
+        Workers close their own runs; one killed or cut off mid-way cannot. Waits up to
+        ``wait_seconds`` for workers to finish first. Returns how many runs were closed here.
+        """
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            running = [r for r in self.child_runs() if r.info.status == "RUNNING"]
+            if not running or time.monotonic() >= deadline:
+                break
+            time.sleep(0.25)
+        for run in running:
+            trial_id = run.data.tags.get(tags.TRIAL_ID, "")
+            status, stopped, reason = outcomes.get(
+                trial_id, (TrialStatus.FAILED, None, "the sweep ended before this trial reported an outcome")
+            )
+            logger.info("closing run %s of trial %s as %s", run.info.run_id, trial_id, status.value)
+            finish_run(self.client, run.info.run_id, status, stopped, reason)
+        return len(running)
+
+    def finish(self, status: str, best: Mapping[str, Any] | None = None) -> None:
+        """Close the parent run: ``completed``, ``interrupted`` or ``failed``."""
+        values = {tags.SWEEP_STATUS: status}
+        if best:
+            values.update({k: str(v) for k, v in best.items()})
+        self.set_tags(values)
+        run_status = {"completed": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
+        self.client.set_terminated(self._parent(), status=run_status)
+
+    def _parent(self) -> str:
+        if self.parent_run_id is None:
+            raise RuntimeError("SweepTracker.start() has not been called")
+        return self.parent_run_id
+
+
+_ = RunStatus  # re-export for callers that compare statuses

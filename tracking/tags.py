@@ -1,0 +1,22 @@
+"""Tag names written on every sweep run. Stable: users filter on them in the MLflow UI."""
+
+SWEEP_NAME = "sweep.name"  # the sweep file's name
+SWEEP_ID = "sweep.id"  # one execution of a sweep (parent run and its children share it)
+ROLE = "sweep.role"  # "parent" or "trial"
+TRIAL_ID = "sweep.trial_id"  # Ray Tune's trial id
+TRIAL_STATUS = "sweep.trial_status"  # completed | stopped_early | failed | running
+STOPPED_EPOCH = "sweep.stopped_epoch"  # last epoch of a trial ASHA stopped
+FAILURE_REASON = "sweep.failure_reason"  # why a trial failed
+BEST_TRIAL = "sweep.best_trial_id"  # on the parent: the best trial
+BEST_RUN = "sweep.best_run_id"  # on the parent: the best trial's child run
+METRIC = "sweep.metric"  # on the parent: the metric and goal searched
+SWEEP_STATUS = "sweep.status"  # on the parent: completed | interrupted | failed
+
+PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own nesting tag
+RUN_NAME = "mlflow.runName"
+NOTE = "mlflow.note.content"
+
+COMPLETED = "completed"
+STOPPED_EARLY = "stopped_early"
+FAILED = "failed"
+RUNNING = "running"
