@@ -106,7 +106,7 @@ class _Choices(_Searched):
     @classmethod
     def _check_values(cls, values: list[Scalar]) -> list[Scalar]:
         if not values:
-            raise ValueError("values=[]: must list at least one choice")
+            raise ValueError("must list at least one choice")
         seen: list[Scalar] = []
         for v in values:
             if v in seen:
@@ -230,7 +230,7 @@ class ResourcesSpec(_Frozen):
     @classmethod
     def _check_gpus(cls, v: float) -> float:
         if v > 1 and v != int(v):
-            raise ValueError(f"gpus_per_trial={v}: more than one GPU must be a whole number")
+            raise ValueError("more than one GPU must be a whole number")
         return v
 
 
@@ -264,7 +264,7 @@ class SweepSpec(_Frozen):
     def _check_name(cls, v: str) -> str:
         if not NAME_PATTERN.match(v):
             raise ValueError(
-                f"name={v!r}: use 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit"
+                f"use 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit"
             )
         return v
 
@@ -272,7 +272,7 @@ class SweepSpec(_Frozen):
     @classmethod
     def _check_trainer(cls, v: str) -> str:
         if v != "mlp" and not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", v):
-            raise ValueError(f"trainer={v!r}: must be 'mlp' or 'package.module:function'")
+            raise ValueError("must be 'mlp' or 'package.module:function'")
         return v
 
     @field_validator("parameters", mode="before")

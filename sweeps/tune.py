@@ -221,7 +221,13 @@ class _SweepCallback(tune.Callback):
         self.best_completed: tuple[float, str, dict[str, Any]] | None = None
         self.planned = spec.max_epochs()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment state; a live display cannot travel.
+        return {**self.__dict__, "sink": None}
+
     def _emit(self, event: str) -> None:
+        if self.sink is None:
+            return
         best = self.best_completed or self.best
         counts = {s: sum(1 for o in self.outcomes.values() if o[0] is s) for s in TrialStatus}
         self.sink.update(SweepSnapshot(

@@ -414,7 +414,8 @@ def load_spec_text(text: str, source: str = "<sweep>", overrides: list[str] | tu
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise SpecError(source, [SpecProblem((), raw, "a sweep file must be a mapping of keys to values", 1)])
+        line = node.start_mark.line + 1 if node is not None else 1
+        raise SpecError(source, [SpecProblem((), raw, "a sweep file must be a mapping of keys to values", line)])
     for key in raw:
         if not isinstance(key, str):
             raise SpecError(source, [SpecProblem((key,), _MISSING, "keys must be strings")])

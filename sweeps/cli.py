@@ -1,0 +1,161 @@
+"""The ``sweep`` command line. The only place that prints with rich."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from sweeps.progress import SweepSnapshot
+from sweeps.validate import SpecError, load_spec
+
+console = Console(stderr=True, soft_wrap=True)
+EXIT_INVALID = 2  # the sweep file (or a --set) is invalid: nothing was started
+EXIT_INTERRUPTED = 130
+
+
+class RichProgress:
+    """A live panel: trials by state and the best configuration so far."""
+
+    def __init__(self, live: Live):
+        self.live = live
+
+    def update(self, snapshot: SweepSnapshot) -> None:
+        self.live.update(render_snapshot(snapshot))
+
+
+def render_snapshot(s: SweepSnapshot) -> Group:
+    counts = Table.grid(padding=(0, 2))
+    for _ in range(6):
+        counts.add_column()
+    counts.add_row(
+        Text(f"{s.name}", style="bold"),
+        Text(f"done {s.done}/{s.total}"),
+        Text(f"running {s.running}", style="cyan"),
+        Text(f"completed {s.completed}", style="green"),
+        Text(f"stopped early {s.stopped_early}", style="yellow"),
+        Text(f"failed {s.failed}", style="red" if s.failed else ""),
+    )
+    best = Table.grid(padding=(0, 1))
+    best.add_column(style="dim")
+    best.add_column()
+    if s.best_value is not None:
+        best.add_row(f"best {s.metric} ({s.goal})", f"{s.best_value:.4f}  [trial {s.best_trial}]")
+        params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(s.best_config.items()))
+        best.add_row("config", params)
+    else:
+        best.add_row(f"best {s.metric}", "(no result yet)")
+    return Group(counts, best, Text(s.last_event, style="dim"))
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _load(path: str, overrides: list[str]) -> Any:
+    try:
+        return load_spec(path, overrides)
+    except SpecError as e:
+        console.print(Text(str(e), style="red"))
+        raise SystemExit(EXIT_INVALID) from None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    spec = _load(args.file, args.set)
+    es = spec.early_stopping.type
+    console.print(
+        f"[green]valid[/green]: {args.file}: sweep {spec.name!r}, {spec.num_trials()} trials "
+        f"({spec.search.algorithm}), {len(spec.searched_params())} searched / {len(spec.fixed_params())} fixed "
+        f"parameters, metric {spec.metric.name} ({spec.metric.goal}), early stopping: {es}"
+    )
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from sweeps.spec import SweepSpec
+
+    print(json.dumps(SweepSpec.model_json_schema(), indent=2))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = _load(args.file, args.set)
+    from sweeps.tune import run_sweep  # imports Ray: only once the file is known to be valid
+
+    source = Path(args.file).read_text(encoding="utf-8")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with Live(Text(f"starting sweep {spec.name!r}…"), console=console, refresh_per_second=4,
+              transient=False) as live:
+        try:
+            outcome = run_sweep(spec, source_text=source, progress=RichProgress(live),
+                                results_dir=args.results_dir)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/yellow]: open trial runs were closed in MLflow")
+            return EXIT_INTERRUPTED
+        live.update(render_snapshot(outcome.snapshot))
+    s = outcome.snapshot
+    console.print(
+        f"sweep {spec.name!r} {outcome.status} in {outcome.wall_seconds:.1f} s: "
+        f"{s.completed} completed, {s.stopped_early} stopped early, {s.failed} failed"
+    )
+    console.print(f"MLflow: {outcome.tracking_uri}  experiment {spec.experiment_name()!r}  "
+                  f"parent run {outcome.parent_run_id}")
+    console.print(f"open it with: sweep ui --uri {outcome.tracking_uri}")
+    if outcome.status == "interrupted":
+        return EXIT_INTERRUPTED
+    return 0 if s.completed + s.stopped_early > 0 else 1
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port)]
+    console.print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)")
+    os.execv(sys.executable, cmd)
+    return 0  # pragma: no cover
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sweep", description="Hyperparameter sweeps on Ray Tune, tracked in MLflow.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_file(p: argparse.ArgumentParser) -> None:
+        p.add_argument("file", help="sweep YAML file")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a key of the file, e.g. --set search.trials=4 (repeatable)")
+
+    p = sub.add_parser("validate", help="check a sweep file without running anything")
+    with_file(p)
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("run", help="run a sweep on this machine (local Ray, MLflow store)")
+    with_file(p)
+    p.add_argument("--results-dir", default="sweep_results", help="Ray Tune's experiment state (default: %(default)s)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("schema", help="print the sweep file's JSON Schema (for editor autocompletion)")
+    p.set_defaults(func=cmd_schema)
+    p = sub.add_parser("ui", help="open the MLflow UI on the sweep's tracking store")
+    p.add_argument("--uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

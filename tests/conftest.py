@@ -1,0 +1,49 @@
+"""Shared fixtures: a per-test MLflow store, a guard against active runs, one Ray per session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite tracking store for this test, also exported as MLFLOW_TRACKING_URI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture(autouse=True)
+def _no_active_run_left() -> None:
+    """Fail any test that leaves an MLflow fluent run active (as MLflow's own tests do)."""
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        active = mlflow.active_run()
+        if active is not None:
+            mlflow.end_run()
+            pytest.fail(f"test left MLflow run {active.info.run_id} active")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole session (ray.init takes seconds here)."""
+    import ray
+
+    if not ray.is_initialized():
+        pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+        )
+    yield ray
+    ray.shutdown()
