@@ -7,6 +7,7 @@ whose condition does not hold is never suggested and never reaches the trainer.
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Any
 
 import optuna
@@ -101,10 +102,12 @@ def make_sampler(spec: SweepSpec, concurrent: int) -> optuna.samplers.BaseSample
         return optuna.samplers.GridSampler(space, seed=seed)
     has_conditions = any(p.condition for p in spec.searched_params().values())
     n_startup = max(2, min(10, spec.num_trials() // 4))
-    return optuna.samplers.TPESampler(
-        seed=seed,
-        n_startup_trials=n_startup,
-        multivariate=True,
-        group=has_conditions,
-        constant_liar=concurrent > 1,
-    )
+    with warnings.catch_warnings():  # multivariate/group/constant_liar are "experimental" but long stable
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=n_startup,
+            multivariate=True,
+            group=has_conditions,
+            constant_liar=concurrent > 1,
+        )

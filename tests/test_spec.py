@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import count_runs
 from sweeps.cli import EXIT_INVALID, main
 from sweeps.spec import Categorical, Fixed, LogUniform, SweepSpec
 from sweeps.validate import SpecError, load_spec, load_spec_text
@@ -54,7 +56,8 @@ def test_invalid_file_starts_nothing(path: Path, tracking_uri: str, tmp_path: Pa
         main(["run", str(path), "--results-dir", str(tmp_path / "results")])
     assert info.value.code == EXIT_INVALID
     assert fragment in capsys.readouterr().err
-    assert not (tmp_path / "mlflow.db").exists()  # the store was never even opened
+    assert count_runs(tmp_path / "mlflow.db") == 0
+    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
     assert not (tmp_path / "results").exists()
 
 

@@ -117,8 +117,8 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
 
 def idx_directory(name: str, path: str | None) -> Path:
     """Locate the IDX files of ``name``: the explicit path, then Debian's install location."""
-    candidates = [Path(path).expanduser()] if path else []
-    candidates.append(DEBIAN_DATASETS / name.replace("_", "-"))
+    # An explicit path is authoritative: silently reading other files would be worse than failing.
+    candidates = [Path(path).expanduser()] if path else [DEBIAN_DATASETS / name.replace("_", "-")]
     for directory in candidates:
         if all(_find_idx(directory, stem) for stem in _IDX_FILES.values()):
             return directory
