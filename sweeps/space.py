@@ -88,6 +88,17 @@ def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
     return [dict(zip(names, combo)) for combo in itertools.product(*values)]
 
 
+class TuneGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler for ask-and-tell use: the number of trials, not the sampler, ends a sweep.
+
+    ``GridSampler.after_trial`` calls ``study.stop()`` once the grid is covered, which raises
+    outside ``study.optimize`` (Ray Tune drives the study with ask and tell).
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:  # type: ignore[no-untyped-def]
+        return None
+
+
 def make_sampler(spec: SweepSpec, concurrent: int) -> optuna.samplers.BaseSampler:
     """TPE, random or grid, seeded from ``search.seed``.
 
@@ -99,7 +110,7 @@ def make_sampler(spec: SweepSpec, concurrent: int) -> optuna.samplers.BaseSample
         return optuna.samplers.RandomSampler(seed=seed)
     if spec.search.algorithm == "grid":
         space = {n: list(p.values) for n, p in ordered_searched(spec)}  # type: ignore[union-attr]
-        return optuna.samplers.GridSampler(space, seed=seed)
+        return TuneGridSampler(space, seed=seed)
     has_conditions = any(p.condition for p in spec.searched_params().values())
     n_startup = max(2, min(10, spec.num_trials() // 4))
     with warnings.catch_warnings():  # multivariate/group/constant_liar are "experimental" but long stable

@@ -1,0 +1,144 @@
+"""A real tiny sweep through Ray Tune, Optuna and ASHA, read back from the MLflow store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from sweeps.progress import SweepSnapshot
+from sweeps.tune import run_sweep
+from sweeps.validate import load_spec_text
+from tracking import tags
+from trainer import MLPConfig
+
+TINY_SWEEP = """
+name: e2e
+data: {dataset: digits}
+metric: {name: val_accuracy, goal: maximize}
+parameters:
+  epochs: 6
+  hidden_size: {values: [16, 32]}
+  lr: {distribution: log_uniform, min: 1.0e-4, max: 0.5}
+  optimizer: {values: [sgd, adam]}
+search: {algorithm: tpe, trials: 8, seed: 0}
+early_stopping: {type: asha, grace_period: 1, reduction_factor: 2}
+resources: {cpus_per_trial: 1, max_concurrent_trials: 2}
+tracking: {flush_seconds: 0.5}
+"""
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.snapshots: list[SweepSnapshot] = []
+
+    def update(self, snapshot: SweepSnapshot) -> None:
+        self.snapshots.append(snapshot)
+
+
+@pytest.fixture(scope="module")
+def builtin_sweep(ray_session, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    spec = load_spec_text(TINY_SWEEP, "e2e.yaml", [f"tracking.uri={uri}"])
+    progress = Collect()
+    outcome = run_sweep(spec, source_text=TINY_SWEEP, progress=progress, results_dir=tmp / "results")
+    return spec, outcome, MlflowClient(uri), progress
+
+
+def _children(client: MlflowClient, outcome) -> list:
+    return client.search_runs([outcome.experiment_id], filter_string=f"tags.`{tags.ROLE}` = 'trial'")
+
+
+def test_parent_run_records_the_sweep(builtin_sweep) -> None:
+    spec, outcome, client, _ = builtin_sweep
+    parent = client.get_run(outcome.parent_run_id)
+    assert outcome.status == "completed"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags[tags.SWEEP_STATUS] == "completed"
+    assert parent.data.tags[tags.SWEEP_ID] == outcome.sweep_id
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep.yaml", "spec.resolved.yaml", "environment.json"} <= artifacts
+    best = client.get_run(parent.data.tags[tags.BEST_RUN])
+    assert best.data.tags[tags.TRIAL_ID] == parent.data.tags[tags.BEST_TRIAL]
+    assert parent.data.metrics["best_val_accuracy"] == best.data.metrics["val_accuracy"]
+    children = _children(client, outcome)
+    finished = [r for r in children if r.data.tags[tags.TRIAL_STATUS] == "completed"]
+    assert best.data.metrics["val_accuracy"] == max(r.data.metrics["val_accuracy"] for r in finished)
+
+
+def test_every_trial_is_a_nested_child_run_with_curves_and_test_metrics(builtin_sweep) -> None:
+    spec, outcome, client, _ = builtin_sweep
+    children = _children(client, outcome)
+    assert len(children) == spec.num_trials()
+    assert len({r.data.tags[tags.TRIAL_ID] for r in children}) == spec.num_trials()
+    for run in children:
+        t = run.data.tags
+        assert run.info.status == "FINISHED"
+        assert t[tags.PARENT_RUN_ID] == outcome.parent_run_id
+        assert t[tags.SWEEP_NAME] == "e2e" and t[tags.SWEEP_ID] == outcome.sweep_id
+        assert t[tags.TRIAL_STATUS] in ("completed", "stopped_early")
+        assert set(MLPConfig.model_fields) <= set(run.data.params)  # the resolved trial config
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        steps = [m.step for m in history]
+        expected_last = 6 if t[tags.TRIAL_STATUS] == "completed" else int(t[tags.STOPPED_EPOCH])
+        assert steps == list(range(1, expected_last + 1))  # one value per epoch, step = epoch
+        for key in ("train_loss", "train_accuracy", "val_accuracy", "test_loss", "test_accuracy"):
+            assert key in run.data.metrics, (key, run.data.metrics)
+
+
+def test_asha_stopped_some_trials_and_they_are_tagged(builtin_sweep) -> None:
+    spec, outcome, client, _ = builtin_sweep
+    statuses = [r.data.tags[tags.TRIAL_STATUS] for r in _children(client, outcome)]
+    assert statuses.count("stopped_early") >= 1
+    assert statuses.count("completed") >= 1
+    for run in _children(client, outcome):
+        if run.data.tags[tags.TRIAL_STATUS] == "stopped_early":
+            assert 1 <= int(run.data.tags[tags.STOPPED_EPOCH]) < 6
+        else:
+            assert tags.STOPPED_EPOCH not in run.data.tags
+    assert sorted(outcome.trial_statuses.values()) == sorted(statuses)
+
+
+def test_progress_was_reported(builtin_sweep) -> None:
+    spec, outcome, _, progress = builtin_sweep
+    assert progress.snapshots, "no progress snapshots"
+    last = progress.snapshots[-1]
+    assert last.done == spec.num_trials() and last.running == 0
+    assert last.best_value is not None and last.best_config
+
+
+USER_SWEEP = """
+name: contract
+trainer: tests.fake_trainers:scripted
+metric: {name: val_accuracy, goal: maximize}
+parameters:
+  epochs: 3
+  mode: {values: [ok, nan, raise, misspelled]}
+search: {algorithm: grid}
+early_stopping: {type: none}
+resources: {cpus_per_trial: 1, max_concurrent_trials: 2}
+"""
+
+
+def test_user_trainer_failures_are_recorded_with_reasons(ray_session, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = load_spec_text(USER_SWEEP, "contract.yaml", [f"tracking.uri={uri}"])
+    outcome = run_sweep(spec, progress=Collect(), results_dir=tmp_path / "results")
+    client = MlflowClient(uri)
+    runs = {r.data.params["mode"]: r for r in _children(client, outcome)}
+    assert set(runs) == {"ok", "nan", "raise", "misspelled"}
+    ok = runs.pop("ok")
+    assert ok.data.tags[tags.TRIAL_STATUS] == "completed" and ok.data.metrics["test_accuracy"] == 0.75
+    reasons = {mode: r.data.tags.get(tags.FAILURE_REASON, "") for mode, r in runs.items()}
+    for mode, run in runs.items():
+        assert run.info.status == "FAILED", mode
+        assert run.data.tags[tags.TRIAL_STATUS] == "failed", mode
+    assert "val_accuracy is nan" in reasons["nan"]
+    assert "out of memory (scripted)" in reasons["raise"]
+    assert "metric.name='val_accuracy'" in reasons["misspelled"]
+    assert outcome.snapshot.failed == 3 and outcome.snapshot.completed == 1
+    # the NaN trial logged its first epoch and nothing non-finite
+    nan_history = client.get_metric_history(runs["nan"].info.run_id, "val_accuracy")
+    assert [m.step for m in nan_history] == [1]
