@@ -161,6 +161,30 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         raise SystemExit(0)
 
 
+class _WaitForTrialThread:
+    """Mixin for the function trainable: let a trial finish closing its MLflow run.
+
+    When an experiment ends, Tune stops cached actors with ``session.finish(timeout=0)``
+    and the actor exits while the trial's thread may still be writing its final metrics
+    and status. Joining the thread first (bounded) keeps those writes.
+    """
+
+    def cleanup(self) -> None:
+        from ray.train._internal.session import get_session  # Tune's own session (no public handle)
+
+        session = get_session()
+        thread = getattr(session, "training_thread", None)
+        if session is not None and thread is not None and thread.is_alive():
+            try:
+                session.finish(timeout=float(THREAD_TIMEOUT_S))
+            except BaseException:  # noqa: BLE001 - the trial's own error is reported by super()
+                pass
+        super().cleanup()  # type: ignore[misc]
+
+
+run_trial.__mixins__ = (_WaitForTrialThread,)  # type: ignore[attr-defined]
+
+
 # ---- the searcher -----------------------------------------------------------------------------
 class SweepOptunaSearch(OptunaSearch):
     """OptunaSearch that steps on ``epoch`` and tells Optuna the real outcome of each trial."""
