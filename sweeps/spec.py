@@ -153,7 +153,10 @@ def _param_kind(raw: Any) -> str:
     return "literal"
 
 
-class _BadDistribution(_Frozen):
+class _BadDistribution(BaseModel):
+    """Matches a parameter mapping whose distribution is missing or unknown, to report just that."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
     distribution: Literal["uniform", "log_uniform", "int_uniform", "int_log_uniform", "categorical", "grid"]
 
 

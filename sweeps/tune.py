@@ -68,6 +68,7 @@ class TrialContext:
     parent_run_id: str
     trainer: str
     metric: str
+    max_epochs: int  # the full budget, for trainers whose params do not name their epochs
     threads: int
     flush_seconds: float
     data_ref: Any  # ObjectRef of the Dataset
@@ -117,7 +118,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     )
     last_epoch = 0
     stopped_by_tune = False
-    planned = int(params.get("epochs", 0) or 0)
+    planned = int(params.get("epochs") or ctx.max_epochs)
 
     def report(metrics: dict[str, Any]) -> None:
         nonlocal last_epoch, stopped_by_tune
@@ -302,13 +303,17 @@ def new_sweep_id() -> str:
 
 
 def _ensure_ray(num_cpus: int | None = None) -> None:
+    """Start a local Ray unless one is running. Workers can import from the current directory,
+    as the driver can, so ``trainer: mypkg.train:fn`` works from a project folder."""
     if not ray.is_initialized():
+        pythonpath = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
         ray.init(
             num_cpus=num_cpus,
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.WARNING,
             configure_logging=True,
+            runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
         )
 
 
@@ -352,7 +357,7 @@ def run_sweep(
         concurrent = spec.resources.max_concurrent_trials
         ctx = TrialContext(
             sweep_name=spec.name, sweep_id=sweep_id, tracking_uri=uri, experiment_id=tracker.experiment_id,
-            parent_run_id=parent, trainer=spec.trainer, metric=spec.metric.name,
+            parent_run_id=parent, trainer=spec.trainer, metric=spec.metric.name, max_epochs=spec.max_epochs(),
             threads=max(1, int(spec.resources.cpus_per_trial)), flush_seconds=spec.tracking.flush_seconds,
             data_ref=ray.put(data),
         )

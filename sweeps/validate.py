@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
+import re
+import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -165,7 +168,7 @@ def _strip_tags(loc: Loc, raw: Any) -> Loc:
         elif isinstance(cur, list) and isinstance(part, int):
             out.append(part)
             cur = cur[part] if 0 <= part < len(cur) else None
-        elif isinstance(part, str) and (part in _TAGS or part.startswith("function-")):
+        elif isinstance(part, str) and (part in _TAGS or part.startswith("function-") or _TYPE_TAG.match(part)):
             continue
         else:
             out.append(part)
@@ -173,6 +176,7 @@ def _strip_tags(loc: Loc, raw: Any) -> Loc:
     return tuple(out)
 
 
+_TYPE_TAG = re.compile(r"^(bool|int|float|str|none|(list|dict|union|tuple)\[.*\])$")
 _TAGS = {"uniform", "log_uniform", "int_uniform", "int_log_uniform", "categorical", "grid", "fixed",
          "literal", "bad_distribution", "asha", "none"}
 
@@ -196,6 +200,10 @@ def _problems_from_validation(err: ValidationError, raw: Any) -> list[SpecProble
             expected = e.get("ctx", {}).get("expected", "")
             choices = [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",") if c.strip()]
             msg = f"must be one of {expected}{did_you_mean(value, choices)}"
+        if problems and problems[-1].loc == loc:  # one line per key: pydantic reports each union member
+            if msg not in problems[-1].rule:
+                problems[-1] = SpecProblem(loc, value, f"{problems[-1].rule}; or {msg[0].lower()}{msg[1:]}")
+            continue
         problems.append(SpecProblem(loc=loc, value=value, rule=msg))
     return problems
 
@@ -351,10 +359,18 @@ def _condition_cycle(spec: SweepSpec) -> list[str] | None:
     return None
 
 
+def _import_user_module(name: str) -> Any:
+    """Import a user's trainer module; the current directory counts, as it does for Ray workers."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.append(cwd)
+    return importlib.import_module(name)
+
+
 def _user_trainer_problems(ref: str) -> list[SpecProblem]:
     module_name, _, attr = ref.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_user_module(module_name)
     except ImportError as e:
         return [SpecProblem(("trainer",), ref, f"cannot import module {module_name!r}: {e}")]
     fn = getattr(module, attr, None)
@@ -366,7 +382,7 @@ def _user_trainer_problems(ref: str) -> list[SpecProblem]:
 def resolve_trainer(ref: str) -> Any:
     """The callable behind ``package.module:function``."""
     module_name, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    return getattr(_import_user_module(module_name), attr)
 
 
 # ---- entry points -----------------------------------------------------------------------------

@@ -7,11 +7,15 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+import pytest as _pytest
+
 from sweeps.progress import SweepSnapshot
 from sweeps.tune import run_sweep
 from sweeps.validate import load_spec_text
 from tracking import tags
 from trainer import MLPConfig
+
+pytestmark = _pytest.mark.slow  # real sweeps through Ray: about a minute together
 
 TINY_SWEEP = """
 name: e2e

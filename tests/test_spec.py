@@ -132,3 +132,16 @@ def test_schema_command_lists_top_level_keys(capsys: pytest.CaptureFixture[str])
     schema = json.loads(capsys.readouterr().out)
     assert {"name", "parameters", "search", "early_stopping", "resources", "tracking"} <= set(schema["properties"])
     assert schema["additionalProperties"] is False
+
+
+def test_missing_distribution_is_named_once() -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec_text("name: s\nsearch: {trials: 2}\nparameters:\n  lr: {min: 0.001, max: 0.1}\n", "f.yaml")
+    assert [p.path() for p in info.value.problems] == ["parameters.lr.distribution"]
+    assert "required key is missing" in str(info.value)
+
+
+def test_a_list_among_choices_is_one_problem() -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec_text("name: s\nsearch: {trials: 2}\nparameters:\n  hidden_sizes: {values: [[8, 8], 16]}\n")
+    assert [p.path() for p in info.value.problems] == ["parameters.hidden_sizes.values[0]"]
