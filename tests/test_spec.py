@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -49,15 +48,21 @@ def test_invalid_file_message(path: Path) -> None:
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
 def test_invalid_file_starts_nothing(path: Path, tracking_uri: str, tmp_path: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+                                     capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """`sweep run` on a bad file exits non-zero before Ray starts or any MLflow run exists."""
     fragment, _ = _expectation(path)
+    import sweeps.tune
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("run_sweep was called for an invalid file")
+
+    monkeypatch.setattr(sweeps.tune, "run_sweep", must_not_run)
     with pytest.raises(SystemExit) as info:
         main(["run", str(path), "--results-dir", str(tmp_path / "results")])
     assert info.value.code == EXIT_INVALID
     assert fragment in capsys.readouterr().err
     assert count_runs(tmp_path / "mlflow.db") == 0
-    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
     assert not (tmp_path / "results").exists()
 
 
