@@ -102,6 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.print("[yellow]interrupted[/yellow]: open trial runs were closed in MLflow")
             return EXIT_INTERRUPTED
         live.update(render_snapshot(outcome.snapshot))
+    console.line()
     s = outcome.snapshot
     console.print(
         f"sweep {spec.name!r} {outcome.status} in {outcome.wall_seconds:.1f} s: "

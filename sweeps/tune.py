@@ -397,6 +397,8 @@ def run_sweep(
         closed = tracker.reconcile(callback.outcomes, wait_seconds=10.0 if results is not None else 2.0)
         if closed:
             logger.warning("closed %d trial run(s) that their workers left RUNNING", closed)
+        if status != "completed":
+            tracker.mark_interrupted(set(callback.outcomes))
         best_run = _best_run(tracker, callback)
         best_tags: dict[str, Any] = {}
         if best_run is not None:

@@ -146,3 +146,46 @@ def test_user_trainer_failures_are_recorded_with_reasons(ray_session, tmp_path: 
     # the NaN trial logged its first epoch and nothing non-finite
     nan_history = client.get_metric_history(runs["nan"].info.run_id, "val_accuracy")
     assert [m.step for m in nan_history] == [1]
+
+
+def test_ctrl_c_leaves_no_run_running(tmp_path: Path) -> None:
+    """SIGINT to `sweep run` mid-sweep: exit 130, parent KILLED/interrupted, no RUNNING run."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    spec = tmp_path / "slow.yaml"
+    spec.write_text(TINY_SWEEP.replace("epochs: 6", "epochs: 200").replace("name: e2e", "name: ctrlc")
+                    .replace("grace_period: 1", "grace_period: 100"))
+    db = tmp_path / "mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
+    proc = subprocess.Popen([sys.executable, "-m", "sweeps", "run", str(spec), "--results-dir",
+                             str(tmp_path / "results")], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def count(sql: str) -> int:
+        try:
+            with sqlite3.connect(db) as conn:
+                return int(conn.execute(sql).fetchone()[0])
+        except sqlite3.Error:
+            return 0
+
+    deadline = time.monotonic() + 120
+    # wait until a trial has logged a few epochs
+    while count("select count(*) from metrics where key = 'val_loss'") < 3:
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert time.monotonic() < deadline, "no trial started within 120 s"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out.decode()
+    assert count("select count(*) from runs where status = 'RUNNING'") == 0
+    with sqlite3.connect(db) as conn:
+        parent = conn.execute("select r.status from runs r join tags t on t.run_uuid = r.run_uuid "
+                              "where t.key = 'sweep.role' and t.value = 'parent'").fetchall()
+        cut = conn.execute("select value from tags where key = 'sweep.trial_status'").fetchall()
+    assert parent == [("KILLED",)]
+    assert cut and all(v == "failed" for (v,) in cut)  # none passes for an ASHA stop

@@ -116,3 +116,17 @@ def test_deleted_experiment_is_refused(tracking_uri: str) -> None:
     client.delete_experiment(client.create_experiment("gone"))
     with pytest.raises(ValueError, match="deleted"):
         SweepTracker(tracking_uri, experiment="gone", sweep_name="x", sweep_id="y")
+
+
+def test_interrupted_trials_are_failed_not_stopped_early(sweep: SweepTracker) -> None:
+    done = _open(sweep, "done")
+    done.finish(TrialStatus.COMPLETED)
+    cut = _open(sweep, "cut")
+    cut.finish(TrialStatus.STOPPED_EARLY, stopped_epoch=2)  # what the worker saw
+    assert sweep.mark_interrupted({"done"}) == 1
+    runs = {r.data.tags[tags.TRIAL_ID]: r for r in sweep.child_runs()}
+    assert runs["done"].data.tags[tags.TRIAL_STATUS] == "completed"
+    assert runs["cut"].data.tags[tags.TRIAL_STATUS] == "failed"
+    assert runs["cut"].info.status == "KILLED"
+    assert "interrupted" in runs["cut"].data.tags[tags.FAILURE_REASON]
+    sweep.finish("interrupted")

@@ -265,6 +265,23 @@ class SweepTracker:
             finish_run(self.client, run.info.run_id, status, stopped, reason)
         return len(running)
 
+    def mark_interrupted(self, finished_trial_ids: set[str]) -> int:
+        """Record trials cut off by an interrupted sweep as failed, whatever their worker wrote.
+
+        A worker sees an interruption exactly as it sees an ASHA stop; only the driver knows
+        the difference, and ``stopped_early`` must keep meaning "stopped by the scheduler".
+        """
+        count = 0
+        for run in self.child_runs():
+            if run.data.tags.get(tags.TRIAL_ID) in finished_trial_ids:
+                continue
+            values = {tags.TRIAL_STATUS: tags.FAILED,
+                      tags.FAILURE_REASON: "interrupted: the sweep was stopped before this trial finished"}
+            self.client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in values.items()])
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+            count += 1
+        return count
+
     def finish(self, status: str, best: Mapping[str, Any] | None = None) -> None:
         """Close the parent run: ``completed``, ``interrupted`` or ``failed``."""
         values = {tags.SWEEP_STATUS: status}
