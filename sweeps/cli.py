@@ -57,6 +57,25 @@ def render_snapshot(s: SweepSnapshot) -> Group:
     return Group(counts, best, Text(s.last_event, style="dim"))
 
 
+def render_summaries(summaries: list[Any], metric: str) -> Table:
+    """Repeated configurations: mean ± SE and the confidence interval over seeds."""
+    keys = [k for k in dict.fromkeys([metric, "test_accuracy", "test_loss"]) if any(k in s.summaries for s in summaries)]
+    table = Table(title="repeats over seeds (mean ± SE, CI)")
+    table.add_column("config")
+    table.add_column("from trial")
+    table.add_column("seeds", justify="right")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for s in summaries:
+        cells = []
+        for key in keys:
+            m = s.summaries.get(key)
+            cells.append("" if m is None else
+                         f"{m.mean:.4f} ± {m.se:.4f} [{m.ci_low:.4f}, {m.ci_high:.4f}]")
+        table.add_row(s.config_id, s.source_trial, str(len(s.seeds)), *cells)
+    return table
+
+
 def _short(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -108,6 +127,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"sweep {spec.name!r} {outcome.status} in {outcome.wall_seconds:.1f} s: "
         f"{s.completed} completed, {s.stopped_early} stopped early, {s.failed} failed"
     )
+    if outcome.summaries:
+        console.print(render_summaries(outcome.summaries, spec.metric.name))
     console.print(f"MLflow: {outcome.tracking_uri}  experiment {spec.experiment_name()!r}  "
                   f"parent run {outcome.parent_run_id}")
     console.print(f"open it with: sweep ui --uri {outcome.tracking_uri}")

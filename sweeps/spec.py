@@ -245,6 +245,23 @@ class TrackingSpec(_Frozen):
     flush_seconds: float = Field(2.0, ge=0)  # per-epoch metrics are batched and sent at most this often
 
 
+class RepeatsSpec(_Frozen):
+    """Re-run the best configurations of the search over fresh seeds, at full budget.
+
+    Each seed sets the trainer's ``seed`` (weight initialization, data order, dropout masks)
+    and, with ``vary_split``, the data split too. No early stopping across trials applies.
+    """
+
+    top_k: int = Field(1, ge=1)  # how many of the search's best configurations to repeat
+    seeds: int = Field(10, ge=2)  # fresh seeds per configuration (2 or more: a spread needs two)
+    seed_start: int = Field(1000, ge=0)  # seeds are seed_start, seed_start+1, ...: none reused from the search
+    vary_split: bool = False  # also re-draw the data split with each seed (data.split_seed = seed)
+    confidence: float = Field(0.95, gt=0, lt=1)  # level of the Student-t confidence intervals
+
+    def seed_values(self) -> list[int]:
+        return list(range(self.seed_start, self.seed_start + self.seeds))
+
+
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -261,6 +278,7 @@ class SweepSpec(_Frozen):
     early_stopping: EarlyStopping = NoEarlyStopping(type="none")  # ASHA across trials, or none
     resources: ResourcesSpec = ResourcesSpec()  # per-trial CPUs / GPUs and concurrency
     tracking: TrackingSpec = TrackingSpec()  # MLflow URI and experiment
+    repeats: RepeatsSpec | None = None  # after the search: the top configurations over many seeds
 
     @field_validator("name")
     @classmethod

@@ -39,6 +39,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sweeps.progress import LoggingProgress, ProgressSink, SweepSnapshot
 from sweeps.space import make_sampler, suggest
 from sweeps.spec import ASHASpec, SweepSpec
+from sweeps.stats import Summary, summarize
 from sweeps.validate import resolve_trainer
 from tracking import SweepTracker, TrialRun, TrialStatus, resolve_tracking_uri
 from tracking import tags as T
@@ -72,6 +73,7 @@ class TrialContext:
     threads: int
     flush_seconds: float
     data_ref: Any  # ObjectRef of the Dataset
+    data_config: DataConfig | None = None  # set when each seed re-draws the split (repeats.vary_split)
 
 
 @dataclass
@@ -87,19 +89,29 @@ class SweepOutcome:
     best_run_id: str | None = None
     trial_statuses: dict[str, str] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    summaries: list[ConfigSummary] = field(default_factory=list)  # repeats, best configuration first
 
 
 # ---- the trainable (runs in Ray worker processes) ---------------------------------------------
 _DATA_CACHE: dict[str, Dataset] = {}
 
 
-def _dataset(ctx: TrialContext) -> Dataset:
-    """The sweep's dataset, fetched from the object store once per worker process."""
-    key = ctx.sweep_id
+def _dataset(ctx: TrialContext, split_seed: int | None = None) -> Dataset:
+    """The sweep's dataset, fetched from the object store once per worker process.
+
+    With a ``split_seed`` (repeats that vary the split), the worker loads that split itself.
+    """
+    key = f"{ctx.sweep_id}/{split_seed}"
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
-        _DATA_CACHE[key] = ray.get(ctx.data_ref)
+        if split_seed is not None and ctx.data_config is not None:
+            _DATA_CACHE[key] = load_dataset(ctx.data_config.model_copy(update={"split_seed": split_seed}))
+        else:
+            _DATA_CACHE[key] = ray.get(ctx.data_ref)
     return _DATA_CACHE[key]
+
+
+REPEAT_KEY = "repeat"  # a repeat trial's Tune config: {"repeat": {"params", "config_id", "seed", ...}}
 
 
 class MetricNotReported(KeyError):
@@ -111,10 +123,21 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = THREAD_TIMEOUT_S
     trial_id = tune.get_context().get_trial_id()
     builtin = ctx.trainer == "mlp"
+    repeat = config.get(REPEAT_KEY)
+    split_seed = None
+    if repeat is not None:
+        config = dict(repeat["params"])
+        extra_tags = {T.STAGE: "repeat", T.CONFIG_ID: repeat["config_id"], T.SEED: str(repeat["seed"]),
+                      T.SOURCE_TRIAL: repeat["source_trial"]}
+        run_name = f"{repeat['config_id']}-seed{repeat['seed']}"
+        split_seed = repeat["seed"] if ctx.data_config is not None else None
+    else:
+        extra_tags = {T.STAGE: "search"}
+        run_name = tune.get_context().get_trial_name()
     params = MLPConfig(**config).model_dump() if builtin else dict(config)
     run = TrialRun.open(
         ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, ctx.sweep_name, ctx.sweep_id,
-        trial_id, params, run_name=tune.get_context().get_trial_name(), flush_seconds=ctx.flush_seconds,
+        trial_id, params, run_name=run_name, flush_seconds=ctx.flush_seconds, extra_tags=extra_tags,
     )
     last_epoch = 0
     stopped_by_tune = False
@@ -140,7 +163,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     try:
         if builtin:
-            result = train(MLPConfig(**config), _dataset(ctx), lambda m: report(m.as_dict()),
+            result = train(MLPConfig(**config), _dataset(ctx, split_seed), lambda m: report(m.as_dict()),
                            threads=ctx.threads)
             test = result.test
         else:
@@ -234,8 +257,10 @@ def _constants_only(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
 
 # ---- progress and outcomes, on the driver -----------------------------------------------------
 class _SweepCallback(tune.Callback):
-    def __init__(self, spec: SweepSpec, sink: ProgressSink):
+    def __init__(self, spec: SweepSpec, sink: ProgressSink, total: int | None = None, stage: str = "search"):
         self.spec = spec
+        self.total = total if total is not None else spec.num_trials()
+        self.stage = stage
         self.sink = sink
         self.metric = spec.metric.name
         self.sign = 1.0 if spec.metric.goal == "maximize" else -1.0
@@ -245,6 +270,12 @@ class _SweepCallback(tune.Callback):
         self.best: tuple[float, str, dict[str, Any]] | None = None
         self.best_completed: tuple[float, str, dict[str, Any]] | None = None
         self.planned = spec.max_epochs()
+        self.completed_values: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def ranked_completed(self) -> list[tuple[str, dict[str, Any]]]:
+        """Trials that ran their full budget, best final metric first: (trial_id, config)."""
+        ranked = sorted(self.completed_values.items(), key=lambda kv: -kv[1][0])
+        return [(trial_id, config) for trial_id, (_, config) in ranked]
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment state; a live display cannot travel.
@@ -257,10 +288,11 @@ class _SweepCallback(tune.Callback):
         counts = {s: sum(1 for o in self.outcomes.values() if o[0] is s) for s in TrialStatus}
         self.sink.update(SweepSnapshot(
             name=self.spec.name, metric=self.metric, goal=self.spec.metric.goal,
-            total=self.spec.num_trials(), completed=counts[TrialStatus.COMPLETED],
+            total=self.total, completed=counts[TrialStatus.COMPLETED],
             stopped_early=counts[TrialStatus.STOPPED_EARLY], failed=counts[TrialStatus.FAILED],
             running=len(self.running), best_value=best[0] * self.sign if best else None,
-            best_trial=best[1] if best else None, best_config=best[2] if best else {}, last_event=event,
+            best_trial=best[1] if best else None, best_config=best[2] if best else {},
+            last_event=f"{self.stage}: {event}" if self.stage != "search" else event,
         ))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -279,15 +311,17 @@ class _SweepCallback(tune.Callback):
         self.running.discard(trial.trial_id)
         result = self.last.get(trial.trial_id) or trial.last_result or {}
         epoch = int(result.get("epoch", 0))
-        planned = int(trial.config.get("epochs", self.planned))
+        config = trial.config.get(REPEAT_KEY, {}).get("params", trial.config)
+        planned = int(config.get("epochs", self.planned))
         if epoch < planned:
             self.outcomes[trial.trial_id] = (TrialStatus.STOPPED_EARLY, epoch, None)
         else:
             self.outcomes[trial.trial_id] = (TrialStatus.COMPLETED, None, None)
             value = result.get(self.metric)
             if isinstance(value, (int, float)) and math.isfinite(value):
+                self.completed_values[trial.trial_id] = (value * self.sign, dict(config))
                 if self.best_completed is None or value * self.sign > self.best_completed[0]:
-                    self.best_completed = (value * self.sign, trial.trial_id, dict(trial.config))
+                    self.best_completed = (value * self.sign, trial.trial_id, dict(config))
         self._emit(f"trial {trial.trial_id} {self.outcomes[trial.trial_id][0].value}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -326,9 +360,10 @@ def run_sweep(
 ) -> SweepOutcome:
     """Run a validated sweep end to end and return its outcome.
 
-    The dataset is loaded before anything is recorded, so a missing data file fails
-    without creating a run. No MLflow run is left RUNNING when this returns, also when
-    the sweep is interrupted with Ctrl-C.
+    The search comes first; with a ``repeats:`` block, the best configurations are then
+    re-run over fresh seeds and summarized. The dataset is loaded before anything is
+    recorded, so a missing data file fails without creating a run. No MLflow run is left
+    RUNNING when this returns, also when the sweep is interrupted with Ctrl-C.
     """
     started = time.perf_counter()
     sink = progress or LoggingProgress()
@@ -342,6 +377,7 @@ def run_sweep(
         "search.seed": spec.search.seed, "metric": f"{spec.metric.name} ({spec.metric.goal})",
         "early_stopping": spec.early_stopping.type, "data.dataset": spec.data.dataset,
         "trainer": spec.trainer,
+        "repeats": f"top {spec.repeats.top_k} x {spec.repeats.seeds} seeds" if spec.repeats else "none",
     })
     tracker.set_tags({T.METRIC: f"{spec.metric.name}:{spec.metric.goal}"})
     if source_text is not None:
@@ -349,21 +385,19 @@ def run_sweep(
     tracker.log_text(yaml.safe_dump(resolved, sort_keys=False), "spec.resolved.yaml")
     tracker.log_text(json.dumps(_environment(), indent=2), "environment.json")
 
-    callback = _SweepCallback(spec, sink)
+    search = _SweepCallback(spec, sink)
+    callbacks = [search]
     status = "failed"
-    results = None
+    fitted = False
+    summaries: list[ConfigSummary] = []
     try:
         _ensure_ray()
-        concurrent = spec.resources.max_concurrent_trials
         ctx = TrialContext(
             sweep_name=spec.name, sweep_id=sweep_id, tracking_uri=uri, experiment_id=tracker.experiment_id,
             parent_run_id=parent, trainer=spec.trainer, metric=spec.metric.name, max_epochs=spec.max_epochs(),
             threads=max(1, int(spec.resources.cpus_per_trial)), flush_seconds=spec.tracking.flush_seconds,
             data_ref=ray.put(data),
-        )
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, ctx=ctx),
-            {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
+            data_config=spec.data if spec.repeats is not None and spec.repeats.vary_split else None,
         )
         es = spec.early_stopping
         scheduler = (
@@ -371,72 +405,154 @@ def run_sweep(
                           reduction_factor=es.reduction_factor)
             if isinstance(es, ASHASpec) else FIFOScheduler()
         )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                metric=spec.metric.name, mode=spec.metric.mode,
-                search_alg=SweepOptunaSearch(spec, study_name=f"{spec.name}-{sweep_id}", concurrent=concurrent),
-                scheduler=scheduler, num_samples=spec.num_trials(),
-                max_concurrent_trials=concurrent, reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=f"{spec.name}-{sweep_id}",
-                storage_path=str(Path(results_dir).resolve()),
-                verbose=0,
-                callbacks=[callback],
-                failure_config=tune.FailureConfig(max_failures=0),
-            ),
-        )
-        results = tuner.fit()
-        finished = len(callback.outcomes)
-        status = "completed" if finished >= spec.num_trials() else "interrupted"
+        concurrent = spec.resources.max_concurrent_trials
+        _fit(spec, ctx, search, results_dir, f"{spec.name}-{sweep_id}", tune_config=tune.TuneConfig(
+            metric=spec.metric.name, mode=spec.metric.mode,
+            search_alg=SweepOptunaSearch(spec, study_name=f"{spec.name}-{sweep_id}", concurrent=concurrent),
+            scheduler=scheduler, num_samples=spec.num_trials(),
+            max_concurrent_trials=concurrent, reuse_actors=True,
+        ))
+        complete = len(search.outcomes) >= spec.num_trials()
+        if complete and spec.repeats is not None:
+            points = repeat_points(spec, search.ranked_completed())
+            repeats = _SweepCallback(spec, sink, total=len(points), stage="repeats")
+            callbacks.append(repeats)
+            _fit(spec, ctx, repeats, results_dir, f"{spec.name}-{sweep_id}-repeats", tune_config=tune.TuneConfig(
+                num_samples=1, max_concurrent_trials=concurrent, reuse_actors=True,
+            ), param_space={REPEAT_KEY: tune.grid_search(points)})
+            complete = len(repeats.outcomes) >= len(points)
+        fitted = True
+        status = "completed" if complete else "interrupted"
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
-        closed = tracker.reconcile(callback.outcomes, wait_seconds=10.0 if results is not None else 2.0)
+        outcomes = {k: v for cb in callbacks for k, v in cb.outcomes.items()}
+        closed = tracker.reconcile(outcomes, wait_seconds=10.0 if fitted else 2.0)
         if closed:
             logger.warning("closed %d trial run(s) that their workers left RUNNING", closed)
         if status != "completed":
-            tracker.mark_interrupted(set(callback.outcomes))
-        best_run = _best_run(tracker, callback)
-        best_tags: dict[str, Any] = {}
-        if best_run is not None:
-            best_tags = {T.BEST_TRIAL: best_run.data.tags.get(T.TRIAL_ID), T.BEST_RUN: best_run.info.run_id}
-            value = best_run.data.metrics.get(spec.metric.name)
-            if value is not None:
-                tracker.log_metrics({f"best_{spec.metric.name}": value})
-        tracker.log_metrics({f"trials_{s.value}": sum(1 for o in callback.outcomes.values() if o[0] is s)
+            tracker.mark_interrupted(set(outcomes))
+        elif spec.repeats is not None:
+            summaries = summarize_repeats(tracker, spec)
+        best_tags = _best_tags(tracker, spec, search, summaries)
+        tracker.log_metrics({f"trials_{s.value}": sum(1 for o in outcomes.values() if o[0] is s)
                              for s in TrialStatus})
         tracker.finish(status, best_tags)
-        _ = results
 
-    best_cfg = callback.best_completed or callback.best
+    best_cfg = search.best_completed or search.best
     snapshot = SweepSnapshot(
         name=spec.name, metric=spec.metric.name, goal=spec.metric.goal, total=spec.num_trials(),
-        completed=sum(1 for o in callback.outcomes.values() if o[0] is TrialStatus.COMPLETED),
-        stopped_early=sum(1 for o in callback.outcomes.values() if o[0] is TrialStatus.STOPPED_EARLY),
-        failed=sum(1 for o in callback.outcomes.values() if o[0] is TrialStatus.FAILED),
-        best_value=best_cfg[0] * callback.sign if best_cfg else None,
+        completed=sum(1 for o in search.outcomes.values() if o[0] is TrialStatus.COMPLETED),
+        stopped_early=sum(1 for o in search.outcomes.values() if o[0] is TrialStatus.STOPPED_EARLY),
+        failed=sum(1 for o in search.outcomes.values() if o[0] is TrialStatus.FAILED),
+        best_value=best_cfg[0] * search.sign if best_cfg else None,
         best_trial=best_cfg[1] if best_cfg else None, best_config=best_cfg[2] if best_cfg else {},
         last_event=f"sweep {status}",
     )
     return SweepOutcome(
         sweep_id=sweep_id, parent_run_id=parent, experiment_id=tracker.experiment_id, tracking_uri=uri,
         status=status, snapshot=snapshot, best_run_id=best_tags.get(T.BEST_RUN),
-        trial_statuses={k: v[0].value for k, v in callback.outcomes.items()},
-        wall_seconds=time.perf_counter() - started,
+        trial_statuses={k: v[0].value for k, v in search.outcomes.items()},
+        wall_seconds=time.perf_counter() - started, summaries=summaries,
     )
 
 
-def _best_run(tracker: SweepTracker, callback: _SweepCallback) -> Any:
-    best = callback.best_completed or callback.best
-    if best is None:
-        return None
+def _fit(spec: SweepSpec, ctx: TrialContext, callback: _SweepCallback, results_dir: str | Path, name: str,
+         tune_config: tune.TuneConfig, param_space: dict[str, Any] | None = None) -> None:
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, ctx=ctx),
+        {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
+    )
+    tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune_config,
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(Path(results_dir).resolve()),
+            verbose=0,
+            callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    ).fit()
+
+
+# ---- repeats ----------------------------------------------------------------------------------
+def repeat_points(spec: SweepSpec, ranked: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One Tune config per (top configuration, seed). ``ranked``: best first, (trial_id, params)."""
+    assert spec.repeats is not None
+    top = ranked[: spec.repeats.top_k]
+    if len(top) < spec.repeats.top_k:
+        logger.warning("repeats.top_k=%d but only %d search trials completed: repeating those",
+                       spec.repeats.top_k, len(top))
+    return [
+        {"params": {**params, "seed": seed}, "config_id": f"rank{rank}", "seed": seed, "source_trial": trial_id}
+        for rank, (trial_id, params) in enumerate(top, start=1)
+        for seed in spec.repeats.seed_values()
+    ]
+
+
+@dataclass(frozen=True)
+class ConfigSummary:
+    """A repeated configuration: its params, seeds and per-metric summaries."""
+
+    config_id: str
+    source_trial: str
+    run_id: str
+    seeds: list[int]
+    summaries: dict[str, Summary]
+
+
+def summarize_repeats(tracker: SweepTracker, spec: SweepSpec) -> list[ConfigSummary]:
+    """Mean, SD, SE and a Student-t CI of every final metric over each configuration's seeds.
+
+    Read back from MLflow, so the summaries agree with the runs they summarize. Each
+    configuration gets a summary child run (``sweep.stage=summary``).
+    """
+    assert spec.repeats is not None
+    by_config: dict[str, list[Any]] = {}
     for run in tracker.child_runs():
-        if run.data.tags.get(T.TRIAL_ID) == best[1]:
-            return run
-    return None
+        t = run.data.tags
+        if t.get(T.STAGE) == "repeat" and t.get(T.TRIAL_STATUS) == T.COMPLETED:
+            by_config.setdefault(t[T.CONFIG_ID], []).append(run)
+    out = []
+    for config_id in sorted(by_config, key=lambda c: int(c.removeprefix("rank"))):
+        runs = sorted(by_config[config_id], key=lambda r: int(r.data.tags[T.SEED]))
+        keys = sorted({k for r in runs for k in r.data.metrics if k.split("_")[0] in ("train", "val", "test")})
+        summaries = {}
+        for key in keys:
+            values = [r.data.metrics[key] for r in runs if key in r.data.metrics]
+            if any(math.isfinite(v) for v in values):
+                summaries[key] = summarize(values, spec.repeats.confidence)
+        params = {k: v for k, v in runs[0].data.params.items() if k != "seed"}
+        source = runs[0].data.tags.get(T.SOURCE_TRIAL, "")
+        metrics = {m: v for key, s in summaries.items() for m, v in s.as_metrics(key).items()}
+        run_id = tracker.log_summary_run(config_id, source, params, metrics,
+                                         seeds=[int(r.data.tags[T.SEED]) for r in runs])
+        out.append(ConfigSummary(config_id, source, run_id, [int(r.data.tags[T.SEED]) for r in runs], summaries))
+    return out
+
+
+def _best_tags(tracker: SweepTracker, spec: SweepSpec, search: _SweepCallback,
+               summaries: list[ConfigSummary]) -> dict[str, Any]:
+    best = search.best_completed or search.best
+    if best is None:
+        return {}
+    run = next((r for r in tracker.child_runs() if r.data.tags.get(T.TRIAL_ID) == best[1]), None)
+    if run is None:
+        return {}
+    tags_out = {T.BEST_TRIAL: best[1], T.BEST_RUN: run.info.run_id}
+    value = run.data.metrics.get(spec.metric.name)
+    metrics = {f"best_{spec.metric.name}": value} if value is not None else {}
+    if summaries:
+        top = summaries[0]
+        tags_out[T.BEST_SUMMARY_RUN] = top.run_id
+        for key in ("test_accuracy", "test_loss", spec.metric.name):
+            if key in top.summaries:
+                metrics.update({f"repeat_{k}": v for k, v in top.summaries[key].as_metrics(key).items()})
+    tracker.log_metrics(metrics)
+    return tags_out
 
 
 def _environment() -> dict[str, str]:
@@ -449,4 +565,3 @@ def _environment() -> dict[str, str]:
     }
 
 
-_ = DataConfig  # the spec's data block type, re-exported for callers building specs in code

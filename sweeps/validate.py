@@ -327,6 +327,14 @@ def semantic_problems(spec: SweepSpec) -> list[SpecProblem]:
             add(SpecProblem(("parameters", "epochs"), _MISSING,
                             "with ASHA the epoch budget is the scheduler's; fix parameters.epochs "
                             "instead of searching it"))
+    if spec.repeats is not None:
+        if spec.repeats.top_k > spec.num_trials():
+            add(SpecProblem(("repeats", "top_k"), spec.repeats.top_k,
+                            f"cannot repeat more configurations than the search's {spec.num_trials()} trials"))
+        seed = spec.parameters.get("seed")
+        if seed is not None and not isinstance(seed, Fixed):
+            add(SpecProblem(("parameters", "seed"), _MISSING,
+                            "with repeats the seed varies by itself; fix parameters.seed instead of searching it"))
     if isinstance(spec.resources.cpus_per_trial, float) and spec.resources.cpus_per_trial < 1 \
             and spec.resources.gpus_per_trial == 0:
         add(SpecProblem(("resources", "cpus_per_trial"), spec.resources.cpus_per_trial,

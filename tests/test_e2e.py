@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+import pytest
 from mlflow import MlflowClient
 
 import pytest as _pytest
@@ -189,3 +191,56 @@ def test_ctrl_c_leaves_no_run_running(tmp_path: Path) -> None:
         cut = conn.execute("select value from tags where key = 'sweep.trial_status'").fetchall()
     assert parent == [("KILLED",)]
     assert cut and all(v == "failed" for (v,) in cut)  # none passes for an ASHA stop
+
+
+REPEAT_SWEEP = """
+name: repeats
+data: {dataset: digits}
+parameters:
+  epochs: 3
+  hidden_size: {values: [16, 32]}
+  lr: {distribution: log_uniform, min: 1.0e-3, max: 0.05}
+search: {algorithm: random, trials: 3, seed: 0}
+repeats: {top_k: 2, seeds: 3, seed_start: 50}
+resources: {max_concurrent_trials: 2}
+"""
+
+
+def test_repeats_summaries_agree_with_their_runs(ray_session, tmp_path: Path) -> None:
+    import math
+
+    from scipy import stats
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = load_spec_text(REPEAT_SWEEP, "repeats.yaml", [f"tracking.uri={uri}"])
+    outcome = run_sweep(spec, progress=Collect(), results_dir=tmp_path / "results")
+    assert outcome.status == "completed"
+    client = MlflowClient(uri)
+    runs = client.search_runs([outcome.experiment_id])
+    repeats = [r for r in runs if r.data.tags.get(tags.STAGE) == "repeat"]
+    summaries = {r.data.tags[tags.CONFIG_ID]: r for r in runs if r.data.tags.get(tags.STAGE) == "summary"}
+    assert len(repeats) == 6 and set(summaries) == {"rank1", "rank2"}
+    search = {r.data.tags[tags.TRIAL_ID]: r for r in runs if r.data.tags.get(tags.STAGE) == "search"}
+    for config_id, summary in summaries.items():
+        mine = [r for r in repeats if r.data.tags[tags.CONFIG_ID] == config_id]
+        assert sorted(int(r.data.tags[tags.SEED]) for r in mine) == [50, 51, 52]
+        source = search[summary.data.tags[tags.SOURCE_TRIAL]]
+        for r in mine:  # the same configuration as the search trial, except the seed
+            assert {k: v for k, v in r.data.params.items() if k != "seed"} == \
+                   {k: v for k, v in source.data.params.items() if k != "seed"}
+            assert r.data.tags[tags.PARENT_RUN_ID] == outcome.parent_run_id
+        values = [r.data.metrics["test_accuracy"] for r in mine]
+        m = summary.data.metrics
+        n = len(values)
+        mean = sum(values) / n
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+        se = sd / math.sqrt(n)
+        half = stats.t.ppf(0.975, n - 1) * se
+        assert m["test_accuracy_mean"] == pytest.approx(mean)
+        assert m["test_accuracy_se"] == pytest.approx(se)
+        assert m["test_accuracy_ci_low"] == pytest.approx(mean - half)
+        assert m["test_accuracy_ci_high"] == pytest.approx(mean + half)
+    # rank1 is the search's best completed trial
+    best = max(search.values(), key=lambda r: r.data.metrics["val_accuracy"])
+    assert summaries["rank1"].data.tags[tags.SOURCE_TRIAL] == best.data.tags[tags.TRIAL_ID]
+    assert outcome.summaries[0].config_id == "rank1"

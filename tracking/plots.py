@@ -15,7 +15,7 @@ function                panels                      pixels
 learning_curves_png     loss | accuracy             1200 x 450
 confusion_matrix_png    counts | row-normalized     1500 x 700
 roc_pr_png              ROC | precision-recall      1400 x 600
-embedding_png           2-D PCA / t-SNE scatter     800 x 700
+embedding_png           2-D PCA / t-SNE scatter     900 x 700
 residuals_png           predicted vs true | hist    1200 x 500
 ======================  ==========================  ==========
 
@@ -43,7 +43,7 @@ DPI = 100
 LEARNING_CURVES_SIZE: tuple[float, float] = (12.0, 4.5)  # inches
 CONFUSION_MATRIX_SIZE: tuple[float, float] = (15.0, 7.0)
 ROC_PR_SIZE: tuple[float, float] = (14.0, 6.0)
-EMBEDDING_SIZE: tuple[float, float] = (8.0, 7.0)
+EMBEDDING_SIZE: tuple[float, float] = (9.0, 7.0)
 RESIDUALS_SIZE: tuple[float, float] = (12.0, 5.0)
 FIGURE_PIXELS: dict[str, tuple[int, int]] = {
     name: (round(size[0] * DPI), round(size[1] * DPI))
@@ -199,7 +199,7 @@ def learning_curves_png(
         ax.set_ylabel(what)
         ax.set_title(f"{what}: train vs validation")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper right" if what == "loss" else "lower right")
     return _render(fig)
 
 
@@ -322,7 +322,9 @@ def roc_pr_png(
             fpr, tpr, _ = skm.roc_curve(pos, p[:, k], drop_intermediate=True)
             prec, rec, _ = skm.precision_recall_curve(pos, p[:, k], drop_intermediate=True)
             auc = skm.auc(fpr, tpr)
-            ap = skm.average_precision_score(pos, p[:, k])
+            # average_precision_score's sum of (R_n - R_n-1) P_n; drop_intermediate keeps the
+            # first point of each recall level, so the sum is unchanged (and one sort is saved).
+            ap = float(-np.sum(np.diff(rec) * prec[:-1]))
             lw = 2.0 if c == 2 else 1.0
             ax_roc.plot(fpr, tpr, color=color, lw=lw, label=f"{names[k]} (AUC = {auc:.3f})")
             ax_pr.plot(rec, prec, color=color, lw=lw, drawstyle="steps-post", label=f"{names[k]} (AP = {ap:.3f})")
@@ -378,7 +380,7 @@ def embedding_png(
         >>> import numpy as np
         >>> h = np.random.default_rng(0).normal(size=(60, 8)); y = np.arange(60) % 3
         >>> png_dimensions(embedding_png(h, y, ["a", "b", "c"]))
-        (800, 700)
+        (900, 700)
     """
     if method not in ("pca", "tsne"):
         raise ValueError(f"method={method!r}: must be 'pca' or 'tsne'")
@@ -419,7 +421,7 @@ def embedding_png(
                   max_iter=500, random_state=random_state).fit_transform(h)
         axis_labels = ("t-SNE 1", "t-SNE 2")
 
-    fig = _figure(EMBEDDING_SIZE, left=0.1, right=0.97, bottom=0.08, top=0.94)
+    fig = _figure(EMBEDDING_SIZE, left=0.09, right=0.78, bottom=0.08, top=0.94)
     ax: Axes = fig.subplots()
     size = 2.0 if xy.shape[0] > 2000 else 4.0
     for k, (name, color) in enumerate(zip(names, _colors(len(names)))):
@@ -429,7 +431,9 @@ def embedding_png(
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     ax.set_title(f"last hidden layer, {method.upper() if method == 'pca' else 't-SNE'} ({xy.shape[0]} points)")
-    ax.legend(fontsize=8, markerscale=2, loc="best", ncol=1 if len(names) <= 12 else 2)
+    # Outside the axes: no points hidden, and no costly search for the "best" corner.
+    ax.legend(fontsize=8, markerscale=3, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+              ncol=1 if len(names) <= 20 else 2)
     return _render(fig)
 
 
@@ -500,7 +504,7 @@ def residuals_png(
     ax_sc.set_xlabel("true")
     ax_sc.set_ylabel("predicted")
     ax_sc.set_title(f"predicted vs true (RMSE = {rmse:.4g})")
-    ax_sc.legend(fontsize=8)
+    ax_sc.legend(fontsize=8, loc="upper left")
     ax_sc.grid(alpha=0.3)
     ax_h.hist(resid, bins=min(50, max(5, int(np.sqrt(yt.size)))), color="tab:blue", alpha=0.8)
     ax_h.axvline(0.0, color="black", lw=1, linestyle="--")

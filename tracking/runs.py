@@ -265,6 +265,26 @@ class SweepTracker:
             finish_run(self.client, run.info.run_id, status, stopped, reason)
         return len(running)
 
+    def log_summary_run(self, config_id: str, source_trial: str, params: Mapping[str, Any],
+                        metrics: Mapping[str, float], seeds: list[int]) -> str:
+        """A finished child run holding one repeated configuration's statistics over seeds."""
+        run_tags = {
+            tags.PARENT_RUN_ID: self._parent(), tags.SWEEP_NAME: self.sweep_name, tags.SWEEP_ID: self.sweep_id,
+            tags.ROLE: "summary", tags.STAGE: "summary", tags.CONFIG_ID: config_id,
+            tags.SOURCE_TRIAL: source_trial, "sweep.seeds": ",".join(map(str, seeds)),
+        }
+        run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=f"{config_id}-summary")
+        run_id = run.info.run_id
+        now_ms = int(time.time() * 1000)
+        params_list = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
+        metric_list = [Metric(k, v, now_ms, 0) for k, v in _finite(metrics).items()]
+        for start in range(0, max(len(params_list), 1), 100):
+            self.client.log_batch(run_id, params=params_list[start : start + 100])
+        for start in range(0, len(metric_list), MAX_BATCH):
+            self.client.log_batch(run_id, metrics=metric_list[start : start + MAX_BATCH])
+        self.client.set_terminated(run_id, status="FINISHED")
+        return run_id
+
     def mark_interrupted(self, finished_trial_ids: set[str]) -> int:
         """Record trials cut off by an interrupted sweep as failed, whatever their worker wrote.
 

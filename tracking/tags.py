@@ -4,11 +4,16 @@ SWEEP_NAME = "sweep.name"  # the sweep file's name
 SWEEP_ID = "sweep.id"  # one execution of a sweep (parent run and its children share it)
 ROLE = "sweep.role"  # "parent" or "trial"
 TRIAL_ID = "sweep.trial_id"  # Ray Tune's trial id
+STAGE = "sweep.stage"  # search | repeat | summary
+CONFIG_ID = "sweep.config_id"  # repeats: which of the top configurations (rank1, rank2, ...)
+SEED = "sweep.seed"  # repeats: the seed of this run
+SOURCE_TRIAL = "sweep.source_trial_id"  # repeats and summaries: the search trial the config came from
 TRIAL_STATUS = "sweep.trial_status"  # completed | stopped_early | failed | running
 STOPPED_EPOCH = "sweep.stopped_epoch"  # last epoch of a trial ASHA stopped
 FAILURE_REASON = "sweep.failure_reason"  # why a trial failed
 BEST_TRIAL = "sweep.best_trial_id"  # on the parent: the best trial
 BEST_RUN = "sweep.best_run_id"  # on the parent: the best trial's child run
+BEST_SUMMARY_RUN = "sweep.best_summary_run_id"  # on the parent: the repeats summary of the best configuration
 METRIC = "sweep.metric"  # on the parent: the metric and goal searched
 SWEEP_STATUS = "sweep.status"  # on the parent: completed | interrupted | failed
 
