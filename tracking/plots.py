@@ -1,4 +1,9 @@
-"""End-of-trial plots as PNG bytes, ready for ``MlflowClient.log_image`` / ``log_artifact``.
+"""End-of-trial plots as PNG bytes, plus the classification report as JSON text.
+
+Logging them: write the bytes to ``<tmpdir>/<name>.png`` and call
+``MlflowClient.log_artifact(run_id, path, "plots")``; or pass
+``PIL.Image.open(io.BytesIO(png))`` to ``MlflowClient.log_image`` (which takes
+images, not bytes). The report goes through ``MlflowClient.log_text``.
 
 Every function builds a :class:`matplotlib.figure.Figure` directly (never
 ``pyplot``), so there is no global figure registry, no backend switching and
@@ -37,6 +42,7 @@ from typing import Any, Literal
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from sklearn import metrics as skm
 
 DPI = 100
@@ -192,7 +198,8 @@ def learning_curves_png(
                 ax.plot(epochs, values, marker=marker, markersize=3, label=f"{split} {what}",
                         color="tab:blue" if split == "train" else "tab:orange")
         if early_stop_epoch is not None:
-            ax.axvline(early_stop_epoch, color="tab:green", linestyle="--", label=f"early stop (best) epoch {early_stop_epoch}")
+            ax.axvline(early_stop_epoch, color="tab:green", linestyle="--",
+                       label=f"early stop (best) epoch {early_stop_epoch}")
         if stopped_epoch is not None:
             ax.axvline(stopped_epoch, color="tab:red", linestyle=":", label=f"stopped at epoch {stopped_epoch}")
         ax.set_xlabel("epoch")
@@ -249,12 +256,13 @@ def confusion_matrix_png(
         ax.set_ylabel("true")
         ax.set_title(title)
         if c <= ANNOTATE_MAX_CLASSES:
+            cell_font = FontProperties(size=font - 2)  # shared: cheaper than a fontsize per text
             for i in range(c):
                 for j in range(c):
                     v = data[i, j]
                     if v == 0:
                         continue  # blank cells are zero: less clutter, fewer texts to render
-                    ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=font - 2,
+                    ax.text(j, i, format(v, fmt), ha="center", va="center", fontproperties=cell_font,
                             color="white" if v > vmax / 2 else "black")
     return _render(fig)
 
