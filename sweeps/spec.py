@@ -245,6 +245,16 @@ class TrackingSpec(_Frozen):
     flush_seconds: float = Field(2.0, ge=0)  # per-epoch metrics are batched and sent at most this often
 
 
+class EvaluationSpec(_Frozen):
+    """The end-of-trial evaluation: bias-variance thresholds and the hidden-layer view."""
+
+    reference_error: float | None = Field(None, ge=0)  # human-level / Bayes error estimate (avoidable bias = train - this)
+    high_bias: float = Field(0.05, ge=0)  # avoidable bias above this is "high bias" (error units: 1-accuracy or MSE)
+    high_variance: float = Field(0.05, ge=0)  # val error - train error above this is "high variance"
+    overfit_patience: int = Field(3, ge=1)  # epochs of rising val loss (train loss falling) that mark overfitting
+    embedding: Literal["pca", "tsne"] = "pca"  # 2-D view of the last hidden layer on the test split
+
+
 class RepeatsSpec(_Frozen):
     """Re-run the best configurations of the search over fresh seeds, at full budget.
 
@@ -278,6 +288,7 @@ class SweepSpec(_Frozen):
     early_stopping: EarlyStopping = NoEarlyStopping(type="none")  # ASHA across trials, or none
     resources: ResourcesSpec = ResourcesSpec()  # per-trial CPUs / GPUs and concurrency
     tracking: TrackingSpec = TrackingSpec()  # MLflow URI and experiment
+    evaluation: EvaluationSpec = EvaluationSpec()  # end-of-trial metrics, diagnosis and plots
     repeats: RepeatsSpec | None = None  # after the search: the top configurations over many seeds
 
     @field_validator("name")
