@@ -147,8 +147,10 @@ class MLPConfig(BaseModel):
         size = int(round(grown))
         return min(size, self.max_batch_size) if self.max_batch_size is not None else size
 
-    def task_problems(self, task: Task, n_classes: int) -> list[str]:
+    def task_problems(self, task: Task, n_classes: int | None = None) -> list[str]:
         """Why this config cannot train a ``task`` model with ``n_classes`` classes (empty: it can).
+
+        ``n_classes=None`` skips the checks that need the class count.
 
         Example:
             >>> MLPConfig(loss="huber").task_problems("multiclass", 10)
@@ -169,7 +171,7 @@ class MLPConfig(BaseModel):
             if self.loss in REGRESSION_LOSSES:
                 problems.append(f"loss={self.loss!r}: a regression loss; a {task} task trains with "
                                 "'cross_entropy' (or 'auto')")
-            if isinstance(self.class_weight, tuple) and len(self.class_weight) != n_classes:
+            if n_classes is not None and isinstance(self.class_weight, tuple) and len(self.class_weight) != n_classes:
                 problems.append(f"class_weight={_show(self.class_weight)}: has {len(self.class_weight)} "
                                 f"weights; the dataset has {n_classes} classes")
         return problems
