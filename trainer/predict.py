@@ -16,7 +16,7 @@ from trainer.config import Task
 EVAL_CHUNK = 8192  # rows per forward pass when evaluating a whole split
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: callers may feed the outputs into autograd later
 def _chunked(module: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     was_training = model.training
     model.eval()

@@ -49,25 +49,27 @@ def penalty_value(params: Sequence[torch.Tensor], l1: float, l2: float) -> torch
 class WeightNoise:
     """Gaussian noise on weights for one training forward/backward pass.
 
-    ``perturb()`` adds eps ~ N(0, sigma^2) in place; ``restore()`` subtracts the same eps,
-    so the gradient is taken at w + eps and the optimizer updates the clean w.
+    ``perturb()`` keeps a copy of the clean weights and adds eps ~ N(0, sigma^2) in place;
+    ``restore()`` copies the clean weights back (exactly: no (w + eps) - eps rounding), so
+    the gradient is taken at w + eps and the optimizer updates the clean w.
     """
 
     def __init__(self, weights: Sequence[torch.Tensor], sigma: float, generator: torch.Generator):
         self.weights = list(weights)
         self.sigma = sigma
         self.generator = generator
-        self._noise: list[torch.Tensor] = []
+        self._clean: list[torch.Tensor] = []
 
     @torch.no_grad()
     def perturb(self) -> None:
-        self._noise = [torch.randn(w.shape, generator=self.generator) * self.sigma for w in self.weights]
-        torch._foreach_add_(self.weights, self._noise)
+        self._clean = [w.clone() for w in self.weights]
+        for w in self.weights:
+            w.add_(torch.randn(w.shape, generator=self.generator), alpha=self.sigma)
 
     @torch.no_grad()
     def restore(self) -> None:
-        torch._foreach_sub_(self.weights, self._noise)
-        self._noise = []
+        torch._foreach_copy_(self.weights, self._clean)
+        self._clean = []
 
 
 @torch.no_grad()
