@@ -34,12 +34,15 @@ from sweeps.spec import (
     Uniform,
 )
 from trainer.config import MLPConfig
+from trainer.loop import epoch_metric_names
 
 Loc = tuple[Any, ...]
 
-# Metrics the built-in trainer reports every epoch. test_* are measured once, at the end,
+# Metrics the built-in trainer reports every epoch, for any task; which ones apply depends on
+# the data block's task (epoch_metric_names(task)). test_* are measured once, at the end,
 # and never drive the search: selecting on the test split would make it a validation split.
-BUILTIN_EPOCH_METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
+BUILTIN_EPOCH_METRICS = epoch_metric_names()
+TASK_DEPENDENT_PARAMETERS = ("loss", "class_weight", "label_smoothing")
 _MISSING = object()
 
 
@@ -249,11 +252,15 @@ def semantic_problems(spec: SweepSpec) -> list[SpecProblem]:
                     why = _field_error(name, getattr(p, bound))
                     if why:
                         add(SpecProblem(loc + (bound,), getattr(p, bound), why))
-        if not spec.metric.name.startswith("test_") and spec.metric.name not in BUILTIN_EPOCH_METRICS:
+        task = spec.data.known_task()
+        valid = epoch_metric_names(task)
+        if not spec.metric.name.startswith("test_") and spec.metric.name not in valid:
+            scope = f" for dataset {spec.data.dataset!r} ({task})" if task else ""
             add(SpecProblem(("metric", "name"), spec.metric.name,
                             f"not a metric the mlp trainer reports every epoch"
-                            f"{did_you_mean(spec.metric.name, BUILTIN_EPOCH_METRICS)}; "
-                            f"valid: {', '.join(BUILTIN_EPOCH_METRICS)}"))
+                            f"{did_you_mean(spec.metric.name, valid)}; valid{scope}: {', '.join(valid)}"))
+        if task is not None:
+            problems.extend(_task_problems(spec, task))
     else:
         problems.extend(_user_trainer_problems(spec.trainer))
     if spec.metric.name.startswith("test_"):
@@ -339,6 +346,33 @@ def semantic_problems(spec: SweepSpec) -> list[SpecProblem]:
             and spec.resources.gpus_per_trial == 0:
         add(SpecProblem(("resources", "cpus_per_trial"), spec.resources.cpus_per_trial,
                         "a CPU-only trial needs at least 1 CPU"))
+    return problems
+
+
+def _values_of(p: Any) -> list[tuple[Loc, Any]]:
+    """(location suffix, value) of every value a parameter can take that can be listed."""
+    if isinstance(p, Fixed):
+        return [((), p.value)]
+    if isinstance(p, (Categorical, Grid)):
+        return [(("values", i), v) for i, v in enumerate(p.values)]
+    return [((bound,), getattr(p, bound)) for bound in ("min", "max")]
+
+
+def _task_problems(spec: SweepSpec, task: str) -> list[SpecProblem]:
+    """Parameter values that do not fit the data block's task (a regression loss on digits, ...)."""
+    problems: list[SpecProblem] = []
+    for name in TASK_DEPENDENT_PARAMETERS:
+        p = spec.parameters.get(name)
+        if p is None:
+            continue
+        for suffix, value in _values_of(p):
+            if _field_error(name, value):
+                continue  # already reported
+            config = MLPConfig.model_validate({name: value})
+            for why in config.task_problems(task):  # type: ignore[arg-type]
+                rule = why.partition(": ")[2]
+                problems.append(SpecProblem(("parameters", name) + suffix, value,
+                                            f"{rule} (dataset {spec.data.dataset!r} is {task})"))
     return problems
 
 

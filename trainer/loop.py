@@ -3,7 +3,15 @@
 ``train`` knows nothing of Ray or MLflow. It calls ``report(metrics)`` after
 every epoch; a caller that wants to stop the run early (a scheduler, a pruner)
 raises :class:`StopTraining` from ``report`` and still gets the test metrics of
-the model as it stood.
+the model as it stood. Early stopping within a trial (``early_stopping_patience``)
+is independent of that: it ends training by itself and records the epoch.
+
+One optimization step on a batch, in order:
+
+1. inputs + N(0, input_noise^2); weights + N(0, weight_noise^2) (removed again after backward)
+2. forward, training loss (label smoothing and class weights included), backward
+3. gradients + l1 sign(w) + 2 l2 w; + N(0, grad_noise^2); clipped to a global norm of clip_grad_norm
+4. decoupled weight decay w <- w (1 - lr wd); the optimizer's step
 """
 
 from __future__ import annotations
@@ -12,20 +20,46 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from trainer.config import MLPConfig
+from trainer.config import MLPConfig, Task
 from trainer.data import Dataset, default_threads
-from trainer.model import build_mlp, weight_matrices
-from trainer.optim import build_optimizer
+from trainer.losses import TrainingLoss, class_weights, per_sample_loss
+from trainer.model import build_mlp, output_bias_prior, penalized_parameters, weight_matrices
+from trainer.optim import DecoupledWeightDecay, LRSchedule, build_optimizer, set_lr
+from trainer.predict import EVAL_CHUNK, embed, logits, predict
+from trainer.regularizers import (
+    BestWeights,
+    EarlyStopping,
+    WeightNoise,
+    add_gradient_noise,
+    add_penalty_gradients,
+)
 
 logger = logging.getLogger(__name__)
 
-EVAL_CHUNK = 8192  # rows per forward pass when evaluating a whole split
+CLASSIFICATION_EPOCH_METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
+REGRESSION_EPOCH_METRICS = ("val_loss", "val_mse", "val_mae", "train_loss", "train_mse")
+EPOCH_METRICS: dict[str, tuple[str, ...]] = {
+    "multiclass": CLASSIFICATION_EPOCH_METRICS,
+    "binary": CLASSIFICATION_EPOCH_METRICS,
+    "regression": REGRESSION_EPOCH_METRICS,
+}
+
+
+def epoch_metric_names(task: Task | None = None) -> tuple[str, ...]:
+    """Metrics reported every epoch that a search may optimize; all tasks' when ``task`` is None.
+
+    Example:
+        >>> epoch_metric_names("regression")
+        ('val_loss', 'val_mse', 'val_mae', 'train_loss', 'train_mse')
+    """
+    if task is not None:
+        return EPOCH_METRICS[task]
+    return tuple(dict.fromkeys(n for names in EPOCH_METRICS.values() for n in names))
 
 
 class StopTraining(Exception):
@@ -36,54 +70,163 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EpochMetrics:
-    """What one epoch measured. ``epoch`` counts from 1."""
+    """What one epoch measured. ``epoch`` counts from 1.
+
+    Accuracy fields are set for classification, ``*_mse`` / ``val_mae`` for regression;
+    :meth:`as_dict` leaves out the ones that do not apply.
+    """
 
     epoch: int
     train_loss: float
-    train_accuracy: float
+    train_accuracy: float | None = None
     val_loss: float
-    val_accuracy: float
+    val_accuracy: float | None = None
     lr: float
     epoch_seconds: float
+    batch_size: int | None = None
+    train_mse: float | None = None
+    val_mse: float | None = None
+    val_mae: float | None = None
 
     def as_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items()}
+        """The metrics that apply, as floats.
+
+        Example:
+            >>> sorted(EpochMetrics(epoch=1, train_loss=0.5, val_loss=0.6, lr=0.1, epoch_seconds=1.0).as_dict())
+            ['epoch', 'epoch_seconds', 'lr', 'train_loss', 'val_loss']
+        """
+        return {f.name: float(v) for f in fields(self) if (v := getattr(self, f.name)) is not None}
 
 
 @dataclass
 class TrainResult:
     """The trained model, its learning curves and its test metrics."""
 
-    model: nn.Module
+    model: nn.Sequential
+    task: Task = "multiclass"
     history: list[EpochMetrics] = field(default_factory=list)
     test: dict[str, float] = field(default_factory=dict)
     stopped_epoch: int | None = None  # set when report() raised StopTraining
+    early_stopped_epoch: int | None = None  # set when early stopping (patience on val_loss) ended training
+    model_epoch: int = 0  # the epoch whose weights the model holds (the best one when restored)
 
     @property
     def completed(self) -> bool:
         return self.stopped_epoch is None
+
+    @property
+    def final_metrics(self) -> EpochMetrics:
+        """The epoch metrics of the weights the model holds (and was tested with)."""
+        return self.history[self.model_epoch - 1]
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return logits(self.model, x)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (multiclass), P(y=1) (binary) or predictions (regression)."""
+        return predict(self.model, x, self.task)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Last-hidden-layer activations, in eval mode."""
+        return embed(self.model, x)
 
 
 Report = Callable[[EpochMetrics], None]
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on (x, y), in eval mode."""
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: Task = "multiclass", config: MLPConfig | None = None
+) -> dict[str, float]:
+    """Metrics of ``model`` on (x, y) in eval mode.
+
+    Classification: mean (unweighted, unsmoothed) cross-entropy ``loss`` and ``accuracy``.
+    Regression: ``loss`` (the config's loss), ``mse`` and ``mae``.
+    """
     was_training = model.training
     model.eval()
-    total_loss = 0.0
-    correct = 0
+    loss_name = config.loss if config is not None else "auto"
+    delta = config.huber_delta if config is not None else 1.0
+    total = torch.zeros((), dtype=torch.float64)
+    hits = torch.zeros((), dtype=torch.float64)
+    sq = torch.zeros((), dtype=torch.float64)
     for start in range(0, len(x), EVAL_CHUNK):
-        logits = model(x[start : start + EVAL_CHUNK])
+        out = model(x[start : start + EVAL_CHUNK])
         target = y[start : start + EVAL_CHUNK]
-        total_loss += float(F.cross_entropy(logits, target, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == target).sum())
+        total += per_sample_loss(task, out, target, loss=loss_name, huber_delta=delta).sum()
+        if task == "multiclass":
+            hits += (out.argmax(dim=1) == target).sum()
+        elif task == "binary":
+            hits += ((out[:, 0] > 0).long() == target).sum()
+        else:
+            err = out[:, 0] - target
+            sq += (err * err).sum()
+            hits += err.abs().sum()
     model.train(was_training)
     n = max(len(x), 1)
-    return {"loss": total_loss / n, "accuracy": correct / n}
+    if task == "regression":
+        return {"loss": float(total) / n, "mse": float(sq) / n, "mae": float(hits) / n}
+    return {"loss": float(total) / n, "accuracy": float(hits) / n}
+
+
+def batch_bounds(n: int, batch_size: int, min_last: int = 1) -> list[tuple[int, int]]:
+    """(start, end) of each mini-batch; a last batch smaller than ``min_last`` joins the one before.
+
+    Example:
+        >>> batch_bounds(7, 3, min_last=2)
+        [(0, 3), (3, 7)]
+    """
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_last:
+        bounds[-2] = (bounds[-2][0], n)
+        bounds.pop()
+    return bounds
+
+
+class _Stepper:
+    """One optimization step on a batch (see the module docstring for the order)."""
+
+    def __init__(self, config: MLPConfig, model: nn.Sequential, data: Dataset):
+        self.config = config
+        self.model = model
+        self.task = data.task
+        self.params = [p for p in model.parameters()]
+        self.penalized = penalized_parameters(model, config.penalize_bias)
+        self.optimizer = build_optimizer(config, self.params, decayed=self.penalized)
+        self.decay = DecoupledWeightDecay.for_config(config, self.penalized)
+        weights = class_weights(config, data.y_train, data.n_classes) if data.task != "regression" else None
+        self.loss_fn = TrainingLoss(config, data.task, weights)
+        self.noise = torch.Generator().manual_seed(config.seed + 1_000_003)  # independent of masks and order
+        self.weight_noise = (
+            WeightNoise(weight_matrices(model), config.weight_noise, self.noise) if config.weight_noise > 0 else None
+        )
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, lr: float) -> torch.Tensor:
+        """Train on one batch; returns the model output (detached) and leaves the loss in ``self.loss``."""
+        c = self.config
+        if c.input_noise > 0:
+            xb = xb + c.input_noise * torch.randn(xb.shape, generator=self.noise)
+        if self.weight_noise is not None:
+            self.weight_noise.perturb()
+        out = self.model(xb)
+        loss = self.loss_fn(out, yb)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.weight_noise is not None:
+            self.weight_noise.restore()
+        if c.l1 > 0 or c.l2 > 0:
+            add_penalty_gradients(self.penalized, c.l1, c.l2)
+        if c.grad_noise > 0:
+            add_gradient_noise(self.params, c.grad_noise, self.noise)
+        if c.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.params, c.clip_grad_norm, foreach=True)
+        if self.decay is not None:
+            self.decay.apply(lr)
+        self.optimizer.step()
+        self.loss = loss.detach()
+        return out.detach()
 
 
 def train(
@@ -97,11 +240,12 @@ def train(
 
     Args:
         config: hyperparameters.
-        data: in-memory train / val / test tensors.
+        data: in-memory train / val / test tensors and the task.
         report: called after every epoch; may raise :class:`StopTraining`.
         threads: torch intra-op threads (default: the CPUs this process may use).
 
     Raises:
+        ValueError: the config does not fit the dataset's task (checked before training).
         TrainingDiverged: the training loss became NaN or infinite.
 
     Example:
@@ -110,49 +254,65 @@ def train(
         >>> len(result.history), sorted(result.test)
         (2, ['test_accuracy', 'test_loss'])
     """
+    problems = config.task_problems(data.task, data.n_classes)
+    if problems:
+        raise ValueError(f"config does not fit dataset {data.name!r}: " + "; ".join(problems))
     torch.set_num_threads(threads or default_threads())
     torch.manual_seed(config.seed)  # weight init and dropout masks
     order = torch.Generator().manual_seed(config.seed)  # data order
-    model = build_mlp(config, data.n_features, data.n_classes)
-    optimizer = build_optimizer(config, model.parameters())
-    penalized = weight_matrices(model)
     x, y = data.x_train, data.y_train
     n = len(x)
-    result = TrainResult(model=model)
+    bias = output_bias_prior(data.task, y, data.n_outputs) if config.output_bias_prior else None
+    model = build_mlp(config, data.n_features, data.n_outputs, bias)
+    stepper = _Stepper(config, model, data)
+    schedule = LRSchedule(config)
+    stopper = (
+        EarlyStopping(config.early_stopping_patience, config.early_stopping_min_delta)
+        if config.early_stopping_patience is not None else None
+    )
+    best = BestWeights() if config.restore_best_weights else None
+    min_last = 2 if config.norm == "batchnorm" else 1
+    regression = data.task == "regression"
+    result = TrainResult(model=model, task=data.task)
 
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
+        lr = schedule.lr(epoch)
+        set_lr(stepper.optimizer, lr)
+        batch_size = config.batch_size_at(epoch)
         model.train()
-        loss_sum = torch.zeros(())
-        correct = torch.zeros((), dtype=torch.long)
         perm = torch.randperm(n, generator=order)
-        for start in range(0, n, config.batch_size):
-            idx = perm[start : start + config.batch_size]
-            xb, yb = x[idx], y[idx]
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            objective = loss
-            if config.l2 > 0:
-                objective = objective + config.l2 * sum((w * w).sum() for w in penalized)
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.detach().argmax(dim=1) == yb).sum()
+        xs, ys = x[perm], y[perm]  # one gather per epoch; batches are contiguous slices
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        score = torch.zeros((), dtype=torch.float64)  # correct predictions, or the squared error
+        for start, end in batch_bounds(n, batch_size, min_last):
+            yb = ys[start:end]
+            out = stepper.step(xs[start:end], yb, lr)
+            loss_sum += stepper.loss * (end - start)
+            if regression:
+                score += (out[:, 0] - yb).square().sum()
+            elif data.task == "binary":
+                score += ((out[:, 0] > 0) == yb).sum()
+            else:
+                score += (out.argmax(dim=1) == yb).sum()
         train_loss = float(loss_sum) / n
         if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"epoch {epoch}: training loss is {train_loss} (lr={config.lr:g})")
-        val = evaluate(model, data.x_val, data.y_val)
+            raise TrainingDiverged(f"epoch {epoch}: training loss is {train_loss} (lr={lr:g})")
+        val = evaluate(model, data.x_val, data.y_val, data.task, config)
+        extra = (
+            {"train_mse": float(score) / n, "val_mse": val["mse"], "val_mae": val["mae"]} if regression
+            else {"train_accuracy": float(score) / n, "val_accuracy": val["accuracy"]}
+        )
         metrics = EpochMetrics(
-            epoch=epoch,
-            train_loss=train_loss,
-            train_accuracy=int(correct) / n,
-            val_loss=val["loss"],
-            val_accuracy=val["accuracy"],
-            lr=optimizer.param_groups[0]["lr"],
-            epoch_seconds=time.perf_counter() - started,
+            epoch=epoch, train_loss=train_loss, val_loss=val["loss"], lr=lr, batch_size=batch_size,
+            epoch_seconds=time.perf_counter() - started, **extra,
         )
         result.history.append(metrics)
+        result.model_epoch = epoch
+        schedule.observe(epoch, val["loss"])
+        if best is not None:
+            best.offer(model, epoch, val["loss"])
+        patience_ran_out = stopper is not None and stopper.update(val["loss"])
         if report is not None:
             try:
                 report(metrics)
@@ -160,7 +320,14 @@ def train(
                 result.stopped_epoch = epoch
                 logger.debug("training stopped by the caller after epoch %d", epoch)
                 break
+        if patience_ran_out:
+            result.early_stopped_epoch = epoch
+            logger.debug("early stopping after epoch %d (best val_loss at epoch %d)", epoch, stopper.best_epoch)
+            break
 
-    test = evaluate(model, data.x_test, data.y_test)
+    if best is not None and best.epoch:
+        best.restore(model)
+        result.model_epoch = best.epoch
+    test = evaluate(model, data.x_test, data.y_test, data.task, config)
     result.test = {f"test_{k}": v for k, v in test.items()}
     return result

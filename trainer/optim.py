@@ -1,34 +1,145 @@
-"""Optimizers by name.
+"""Optimizers, decoupled weight decay and learning-rate schedules by name.
 
 Update rules (g: gradient, eta: ``lr``, alpha: ``momentum``):
 
-- ``sgd``: w <- w - eta * g
-- ``momentum``: v <- alpha * v - eta * g; w <- w + v  (PyTorch's form is equivalent for constant eta)
-- ``nesterov``: momentum evaluated at the look-ahead point
-- ``adam``: bias-corrected first and second moments (beta1=0.9, beta2=0.999, eps=1e-8)
-- ``adamw``: Adam with decoupled weight decay ``weight_decay``
+- ``sgd``: w <- w - eta g
+- ``momentum``: v <- alpha v - eta g; w <- w + v. PyTorch keeps b <- alpha b + g and steps
+  w <- w - eta b, the same iterates while eta is constant (v = -eta b); under a changing
+  schedule PyTorch rescales the accumulated velocity by the new eta.
+- ``nesterov``: b <- alpha b + g; w <- w - eta (g + alpha b) (Sutskever's look-ahead, rewritten)
+- ``rmsprop``: s <- rho s + (1 - rho) g^2; w <- w - eta g / (sqrt(s) + eps)
+- ``adam``: bias-corrected moments with ``beta1``, ``beta2``, ``eps``
+- ``adamw``: adam with decoupled weight decay: w <- w (1 - eta lambda) before the adam step
+
+Decoupled weight decay (``weight_decay`` lambda) applies to every optimizer the same way:
+w <- w (1 - eta lambda), then the optimizer's step with the (undecayed) gradient.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 
 import torch
 
 from trainer.config import MLPConfig
+from trainer.regularizers import EarlyStopping
+
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def build_optimizer(config: MLPConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """Instantiate the optimizer named by ``config.optimizer``."""
+def build_optimizer(
+    config: MLPConfig,
+    params: Iterable[torch.nn.Parameter],
+    decayed: Sequence[torch.nn.Parameter] | None = None,
+) -> torch.optim.Optimizer:
+    """Instantiate the optimizer named by ``config.optimizer``.
+
+    Args:
+        decayed: the parameters ``adamw`` decays (default: all of ``params``); other
+            optimizers get their decay from :class:`DecoupledWeightDecay`.
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.ones(2))
+        >>> type(build_optimizer(MLPConfig(optimizer="rmsprop"), [w])).__name__
+        'RMSprop'
+    """
     params = list(params)
+    lr = config.lr
+    # PyTorch's fused CPU kernels: one pass per tensor instead of one per operation (2x faster Adam)
+    fused = {"fused": True} if all(p.dtype in _FUSED_DTYPES and p.device.type == "cpu" for p in params) else {}
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr)
+        return torch.optim.SGD(params, lr=lr, **fused)
     if config.optimizer == "momentum":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, **fused)
     if config.optimizer == "nesterov":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True)
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, nesterov=True, **fused)
+    if config.optimizer == "rmsprop":  # no fused kernel
+        return torch.optim.RMSprop(params, lr=lr, alpha=config.rho, eps=config.eps)
+    betas = (config.beta1, config.beta2)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr)
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=config.eps, **fused)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    raise ValueError(f"optimizer={config.optimizer!r}: must be one of sgd, momentum, nesterov, adam, adamw")
+        ids = {id(p) for p in (params if decayed is None else decayed)}
+        groups = [
+            {"params": [p for p in params if id(p) in ids], "weight_decay": config.weight_decay},
+            {"params": [p for p in params if id(p) not in ids], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, eps=config.eps, **fused)
+    raise ValueError(f"optimizer={config.optimizer!r}: must be one of sgd, momentum, nesterov, rmsprop, adam, adamw")
+
+
+class DecoupledWeightDecay:
+    """w <- w (1 - lr * weight_decay) on ``params``, before the optimizer's step.
+
+    ``adamw`` does this inside its own step, so :meth:`for_config` returns None for it.
+
+    Example:
+        >>> w = torch.ones(2)
+        >>> DecoupledWeightDecay([w], 0.5).apply(lr=0.1); w
+        tensor([0.9500, 0.9500])
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], weight_decay: float):
+        self.params = list(params)
+        self.weight_decay = weight_decay
+
+    @classmethod
+    def for_config(cls, config: MLPConfig, params: Sequence[torch.Tensor]) -> DecoupledWeightDecay | None:
+        if config.weight_decay == 0 or config.optimizer == "adamw":
+            return None
+        return cls(params, config.weight_decay)
+
+    @torch.no_grad()
+    def apply(self, lr: float) -> None:
+        torch._foreach_mul_(self.params, 1.0 - lr * self.weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+class LRSchedule:
+    """The learning rate of every epoch: warm-up, then ``config.lr_schedule``.
+
+    ``lr(epoch)`` is the rate used *during* ``epoch`` (counting from 1). The plateau
+    schedule additionally needs :meth:`observe` with each epoch's validation loss.
+
+    Example:
+        >>> s = LRSchedule(MLPConfig(lr=0.1, lr_schedule="step", lr_step_size=2, lr_gamma=0.5, epochs=6))
+        >>> [round(s.lr(e), 4) for e in range(1, 7)]
+        [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
+    """
+
+    def __init__(self, config: MLPConfig):
+        self.config = config
+        self.reductions = 0
+        self._plateau = EarlyStopping(patience=config.plateau_patience, min_delta=0.0)
+
+    def lr(self, epoch: int) -> float:
+        c = self.config
+        if epoch <= c.warmup_epochs:
+            return c.lr * epoch / c.warmup_epochs
+        k = epoch - c.warmup_epochs  # epochs since warm-up, from 1
+        if c.lr_schedule == "step":
+            return c.lr * c.lr_gamma ** ((k - 1) // c.lr_step_size)
+        if c.lr_schedule == "exponential":
+            return c.lr * c.lr_gamma ** (k - 1)
+        if c.lr_schedule == "cosine":
+            span = c.epochs - c.warmup_epochs - 1
+            if span <= 0:
+                return c.lr
+            progress = min(k - 1, span) / span
+            return c.lr_min + (c.lr - c.lr_min) * (1 + math.cos(math.pi * progress)) / 2
+        if c.lr_schedule == "reduce_on_plateau":
+            return c.lr * c.lr_gamma**self.reductions
+        return c.lr
+
+    def observe(self, epoch: int, val_loss: float) -> None:
+        """Feed ``epoch``'s validation loss (only reduce_on_plateau listens, after warm-up)."""
+        if self.config.lr_schedule != "reduce_on_plateau" or epoch <= self.config.warmup_epochs:
+            return
+        if self._plateau.update(val_loss):
+            self.reductions += 1
+            self._plateau.bad_epochs = 0  # wait a full patience again before the next cut

@@ -1,0 +1,198 @@
+"""Optimizers, decoupled weight decay and schedules against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.helpers import data_gradient, initial_model, tiny
+from trainer import MLPConfig, train
+from trainer.optim import DecoupledWeightDecay, LRSchedule, build_optimizer
+
+
+def _run(config: MLPConfig, w0: list[float], steps: int) -> torch.Tensor:
+    """``steps`` optimizer steps on f(w) = 0.5 * sum(w^2), whose gradient is g = w."""
+    w = torch.nn.Parameter(torch.tensor(w0))
+    opt = build_optimizer(config, [w])
+    decay = DecoupledWeightDecay.for_config(config, [w])
+    for _ in range(steps):
+        opt.zero_grad()
+        (0.5 * (w * w).sum()).backward()
+        if decay is not None:
+            decay.apply(config.lr)
+        opt.step()
+    return w.detach()
+
+
+# ---- one step of each, against numbers worked out by hand ----------------------------------------
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        # sgd: w - eta g = 1 - 0.1 * 1
+        (MLPConfig(optimizer="sgd", lr=0.1), [0.9, -1.8]),
+        # momentum: v = -eta g; w + v (same as sgd on the first step)
+        (MLPConfig(optimizer="momentum", lr=0.1, momentum=0.9), [0.9, -1.8]),
+        # nesterov: b = g; w - eta (g + alpha b) = 1 - 0.1 * 1.9
+        (MLPConfig(optimizer="nesterov", lr=0.1, momentum=0.9), [0.81, -1.62]),
+        # rmsprop: s = (1 - rho) g^2; w - eta g / sqrt(s) = 1 - 0.01 * 1 / 0.1
+        (MLPConfig(optimizer="rmsprop", lr=0.01, rho=0.99, eps=1e-12), [0.9, -1.9]),
+        # adam: m_hat = g, v_hat = g^2 after bias correction: w - eta sign(g)
+        (MLPConfig(optimizer="adam", lr=0.1, eps=1e-12), [0.9, -1.9]),
+        # adamw: w (1 - eta lambda) then adam: 1 * (1 - 0.1 * 0.5) - 0.1
+        (MLPConfig(optimizer="adamw", lr=0.1, weight_decay=0.5, eps=1e-12), [0.85, -2 * 0.95 + 0.1]),
+    ],
+    ids=lambda v: v.optimizer if isinstance(v, MLPConfig) else "",
+)
+def test_first_step_matches_hand_computation(config: MLPConfig, expected: list[float]) -> None:
+    assert torch.allclose(_run(config, [1.0, -2.0], 1), torch.tensor(expected), atol=1e-6)
+
+
+def test_momentum_two_steps_follow_the_velocity_rule() -> None:
+    """v <- alpha v - eta g; w <- w + v: w1 = 0.9, v1 = -0.1; g = 0.9: v2 = -0.09 - 0.09, w2 = 0.72."""
+    assert _run(MLPConfig(optimizer="momentum", lr=0.1, momentum=0.9), [1.0], 2).item() == pytest.approx(0.72)
+
+
+def test_nesterov_two_steps() -> None:
+    """b1 = 1, w1 = 0.81; g = 0.81, b2 = 0.9 + 0.81 = 1.71; w2 = 0.81 - 0.1 (0.81 + 0.9 * 1.71) = 0.5751."""
+    assert _run(MLPConfig(optimizer="nesterov", lr=0.1, momentum=0.9), [1.0], 2).item() == pytest.approx(0.5751)
+
+
+def test_adam_two_steps_are_bias_corrected() -> None:
+    b1, b2, eta, eps = 0.8, 0.9, 0.1, 1e-8
+    w, m, v = 1.0, 0.0, 0.0
+    for t in (1, 2):
+        g = w
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        w -= eta * (m / (1 - b1**t)) / (math.sqrt(v / (1 - b2**t)) + eps)
+    got = _run(MLPConfig(optimizer="adam", lr=eta, beta1=b1, beta2=b2, eps=eps), [1.0], 2).item()
+    assert got == pytest.approx(w, rel=1e-6)
+
+
+def test_rmsprop_two_steps() -> None:
+    rho, eta, eps = 0.9, 0.01, 1e-8
+    w, s = 1.0, 0.0
+    for _ in range(2):
+        s = rho * s + (1 - rho) * w * w
+        w -= eta * w / (math.sqrt(s) + eps)
+    got = _run(MLPConfig(optimizer="rmsprop", lr=eta, rho=rho, eps=eps), [1.0], 2).item()
+    assert got == pytest.approx(w, rel=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_decoupled_weight_decay_shrinks_before_the_step(optimizer: str) -> None:
+    """With decay lambda the first step is w (1 - eta lambda) followed by the plain step on g = w."""
+    plain = _run(MLPConfig(optimizer=optimizer, lr=0.1), [1.0, -2.0], 1)
+    decayed = _run(MLPConfig(optimizer=optimizer, lr=0.1, weight_decay=0.5), [1.0, -2.0], 1)
+    w0 = torch.tensor([1.0, -2.0])
+    assert torch.allclose(decayed, w0 * (1 - 0.05) + (plain - w0), atol=1e-6)
+
+
+def test_adam_with_decoupled_decay_equals_adamw() -> None:
+    adam = _run(MLPConfig(optimizer="adam", lr=0.05, weight_decay=0.3), [1.0, -2.0, 0.5], 5)
+    adamw = _run(MLPConfig(optimizer="adamw", lr=0.05, weight_decay=0.3), [1.0, -2.0, 0.5], 5)
+    assert torch.allclose(adam, adamw, atol=1e-6)
+
+
+# ---- batch modes of sgd inside train() -----------------------------------------------------------
+def _sgd(batch_size: int, **extra) -> MLPConfig:
+    return MLPConfig(hidden_layers=0, optimizer="sgd", lr=0.5, epochs=1, batch_size=batch_size, seed=3, **extra)
+
+
+def test_full_batch_epoch_is_one_gradient_step() -> None:
+    data = tiny(n=40)
+    config = _sgd(batch_size=1000)
+    model = initial_model(config, data)
+    expected = [p.detach() - 0.5 * g for p, g in zip(model.parameters(), data_gradient(model, data))]
+    result = train(config, data, threads=1)
+    for p, e in zip(result.model.parameters(), expected):
+        assert torch.allclose(p, e, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_mini_batch_epoch_steps_through_the_seeded_order(batch_size: int) -> None:
+    data = tiny(n=20)
+    config = _sgd(batch_size=batch_size)
+    model = initial_model(config, data)
+    perm = torch.randperm(20, generator=torch.Generator().manual_seed(config.seed))
+    steps = 0
+    for start in range(0, 20, batch_size):
+        idx = perm[start : start + batch_size]
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.5 * p.grad
+        steps += 1
+    assert steps == math.ceil(20 / batch_size)
+    result = train(config, data, threads=1)
+    for p, e in zip(result.model.parameters(), model.parameters()):
+        assert torch.allclose(p, e, atol=1e-5)
+
+
+# ---- learning-rate schedules ----------------------------------------------------------------------
+def _lrs(schedule: LRSchedule, epochs: int) -> list[float]:
+    return [round(schedule.lr(e), 6) for e in range(1, epochs + 1)]
+
+
+def test_step_and_exponential_schedules() -> None:
+    step = LRSchedule(MLPConfig(lr=0.1, lr_schedule="step", lr_step_size=2, lr_gamma=0.5, epochs=5))
+    assert _lrs(step, 5) == [0.1, 0.1, 0.05, 0.05, 0.025]
+    exp = LRSchedule(MLPConfig(lr=0.1, lr_schedule="exponential", lr_gamma=0.5, epochs=3))
+    assert _lrs(exp, 3) == [0.1, 0.05, 0.025]
+    assert _lrs(LRSchedule(MLPConfig(lr=0.3, epochs=3)), 3) == [0.3, 0.3, 0.3]
+
+
+def test_cosine_runs_from_lr_to_lr_min() -> None:
+    cos = LRSchedule(MLPConfig(lr=0.1, lr_min=0.01, lr_schedule="cosine", epochs=5))
+    lrs = _lrs(cos, 5)
+    assert lrs[0] == 0.1 and lrs[2] == pytest.approx(0.055) and lrs[4] == 0.01
+    assert lrs[1] == pytest.approx(0.01 + 0.09 * (1 + math.cos(math.pi / 4)) / 2, abs=1e-6)
+
+
+def test_warmup_is_linear_then_hands_over_to_the_schedule() -> None:
+    cos = LRSchedule(MLPConfig(lr=0.1, lr_min=0.0, lr_schedule="cosine", warmup_epochs=2, epochs=7))
+    assert _lrs(cos, 7)[:3] == [0.05, 0.1, 0.1]
+    assert cos.lr(7) == pytest.approx(0.0, abs=1e-12)
+    step = LRSchedule(MLPConfig(lr=0.2, lr_schedule="step", lr_step_size=1, lr_gamma=0.5, warmup_epochs=4, epochs=6))
+    assert _lrs(step, 6) == [0.05, 0.1, 0.15, 0.2, 0.2, 0.1]
+
+
+def test_reduce_on_plateau_cuts_after_patience_epochs_without_improvement() -> None:
+    s = LRSchedule(MLPConfig(lr=0.1, lr_schedule="reduce_on_plateau", plateau_patience=2, lr_gamma=0.5))
+    lrs = []
+    for epoch, val_loss in enumerate([1.0, 0.9, 0.95, 0.96, 0.97, 0.98, 0.5, 0.6], start=1):
+        lrs.append(round(s.lr(epoch), 6))
+        s.observe(epoch, val_loss)
+    # epochs 3, 4 do not improve -> cut before 5; 5, 6 do not -> cut before 7
+    assert lrs == [0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
+
+
+def test_train_uses_the_schedule_and_reports_it() -> None:
+    config = MLPConfig(hidden_size=8, lr=0.1, lr_schedule="exponential", lr_gamma=0.5, warmup_epochs=1,
+                       epochs=4, optimizer="sgd")
+    result = train(config, tiny(), threads=1)
+    assert [m.lr for m in result.history] == pytest.approx([0.1, 0.1, 0.05, 0.025])
+
+
+def test_batch_size_grows_and_is_capped() -> None:
+    config = MLPConfig(batch_size=16, batch_size_growth=2, batch_growth_every=2, max_batch_size=50, epochs=5)
+    assert [config.batch_size_at(e) for e in range(1, 6)] == [16, 16, 32, 32, 50]
+    result = train(config.model_copy(update={"hidden_size": 8}), tiny(), threads=1)
+    assert [m.batch_size for m in result.history] == [16, 16, 32, 32, 50]
+
+
+@pytest.mark.parametrize(
+    ("update", "fragment"),
+    [
+        ({"lr_schedule": "cosine", "lr": 0.01, "lr_min": 0.1}, "lr_min=0.1: must be <= lr"),
+        ({"warmup_epochs": 5, "epochs": 5}, "warmup_epochs=5: must be < epochs"),
+        ({"batch_size": 64, "max_batch_size": 32}, "max_batch_size=32: must be >= batch_size"),
+        ({"norm": "batchnorm", "batch_size": 1}, "batch_size=1: norm 'batchnorm'"),
+    ],
+)
+def test_inconsistent_schedules_are_refused(update: dict, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        MLPConfig(**update)
