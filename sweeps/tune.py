@@ -38,12 +38,15 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sweeps.progress import LoggingProgress, ProgressSink, SweepSnapshot
 from sweeps.space import make_sampler, suggest
-from sweeps.spec import ASHASpec, SweepSpec
+from sweeps.spec import ASHASpec, EvaluationSpec, SweepSpec
 from sweeps.stats import Summary, summarize
 from sweeps.validate import resolve_trainer
 from tracking import SweepTracker, TrialRun, TrialStatus, resolve_tracking_uri
 from tracking import tags as T
+from tracking.artifacts import log_files, trial_artifacts
 from trainer import DataConfig, Dataset, MLPConfig, StopTraining, load_dataset, train
+from trainer.diagnosis import DiagnosisThresholds
+from trainer.evaluation import evaluate_trial
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +75,7 @@ class TrialContext:
     max_epochs: int  # the full budget, for trainers whose params do not name their epochs
     threads: int
     flush_seconds: float
+    evaluation: EvaluationSpec
     data_ref: Any  # ObjectRef of the Dataset
     data_config: DataConfig | None = None  # set when each seed re-draws the split (repeats.vary_split)
 
@@ -163,9 +167,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     try:
         if builtin:
-            result = train(MLPConfig(**config), _dataset(ctx, split_seed), lambda m: report(m.as_dict()),
-                           threads=ctx.threads)
-            test = result.test
+            data = _dataset(ctx, split_seed)
+            result = train(MLPConfig(**config), data, lambda m: report(m.as_dict()), threads=ctx.threads)
+            test = {**result.test, **_evaluate(result, data, ctx, run)}
         else:
             try:
                 test = resolve_trainer(ctx.trainer)(dict(config), report) or {}
@@ -183,6 +187,20 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         # Returning normally would make Tune report a final result that nobody collects,
         # and the thread would block; end it the way Tune expects.
         raise SystemExit(0)
+
+
+def _evaluate(result: Any, data: Dataset, ctx: TrialContext, run: TrialRun) -> dict[str, float]:
+    """Every metric, the diagnosis tags and the plots of a finished (or stopped) trial."""
+    ev = ctx.evaluation
+    evaluation = evaluate_trial(
+        result, data, reference_error=ev.reference_error, overfit_patience=ev.overfit_patience,
+        thresholds=DiagnosisThresholds(high_bias=ev.high_bias, high_variance=ev.high_variance),
+    )
+    files = trial_artifacts(evaluation, early_stop_epoch=result.early_stopped_epoch,
+                            stopped_epoch=result.stopped_epoch, embedding=ev.embedding)
+    log_files(run.client, run.run_id, files)
+    run.set_tags(evaluation.tags)
+    return evaluation.metrics
 
 
 class _WaitForTrialThread:
@@ -396,6 +414,7 @@ def run_sweep(
             sweep_name=spec.name, sweep_id=sweep_id, tracking_uri=uri, experiment_id=tracker.experiment_id,
             parent_run_id=parent, trainer=spec.trainer, metric=spec.metric.name, max_epochs=spec.max_epochs(),
             threads=max(1, int(spec.resources.cpus_per_trial)), flush_seconds=spec.tracking.flush_seconds,
+            evaluation=spec.evaluation,
             data_ref=ray.put(data),
             data_config=spec.data if spec.repeats is not None and spec.repeats.vary_split else None,
         )

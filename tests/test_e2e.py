@@ -16,6 +16,7 @@ from sweeps.tune import run_sweep
 from sweeps.validate import load_spec_text
 from tracking import tags
 from trainer import MLPConfig
+from trainer.diagnosis import VERDICTS
 
 pytestmark = _pytest.mark.slow  # real sweeps through Ray: about a minute together
 
@@ -90,8 +91,13 @@ def test_every_trial_is_a_nested_child_run_with_curves_and_test_metrics(builtin_
         steps = [m.step for m in history]
         expected_last = 6 if t[tags.TRIAL_STATUS] == "completed" else int(t[tags.STOPPED_EPOCH])
         assert steps == list(range(1, expected_last + 1))  # one value per epoch, step = epoch
-        for key in ("train_loss", "train_accuracy", "val_accuracy", "test_loss", "test_accuracy"):
+        for key in ("train_loss", "train_accuracy", "val_accuracy", "test_loss", "test_accuracy",
+                    "test_f1_macro", "val_mcc", "test_roc_auc_ovr_macro", "diag_variance", "diag_train_error"):
             assert key in run.data.metrics, (key, run.data.metrics)
+        assert t["sweep.diagnosis"] in VERDICTS
+        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert {"plots/learning_curves.png", "plots/confusion_matrix.png", "plots/roc_pr_curves.png",
+                "plots/hidden_pca.png", "plots/classification_report.json"} <= plots
 
 
 def test_asha_stopped_some_trials_and_they_are_tagged(builtin_sweep) -> None:
@@ -244,3 +250,38 @@ def test_repeats_summaries_agree_with_their_runs(ray_session, tmp_path: Path) ->
     best = max(search.values(), key=lambda r: r.data.metrics["val_accuracy"])
     assert summaries["rank1"].data.tags[tags.SOURCE_TRIAL] == best.data.tags[tags.TRIAL_ID]
     assert outcome.summaries[0].config_id == "rank1"
+
+
+TASK_SWEEP = """
+name: {dataset}
+data: {{dataset: {dataset}}}
+metric: {{name: {metric}, goal: {goal}}}
+parameters:
+  epochs: 3
+  hidden_size: {{values: [8, 16]}}
+  lr: {{distribution: log_uniform, min: 1.0e-3, max: 1.0e-2}}
+search: {{algorithm: random, trials: 2, seed: 0}}
+resources: {{max_concurrent_trials: 2}}
+"""
+
+
+@pytest.mark.parametrize("dataset,metric,goal,expected", [
+    ("breast_cancer", "val_accuracy", "maximize", ("test_tp", "test_lr_plus", "test_brier", "val_roc_auc")),
+    ("diabetes", "val_mse", "minimize", ("test_mse", "test_rmse", "test_r2", "test_mape", "val_mae")),
+])
+def test_binary_and_regression_trials_carry_their_evaluation(ray_session, tmp_path: Path, dataset: str,
+                                                             metric: str, goal: str, expected: tuple) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    text = TASK_SWEEP.format(dataset=dataset, metric=metric, goal=goal)
+    spec = load_spec_text(text, f"{dataset}.yaml", [f"tracking.uri={uri}"])
+    outcome = run_sweep(spec, progress=Collect(), results_dir=tmp_path / "results")
+    client = MlflowClient(uri)
+    children = _children(client, outcome)
+    assert len(children) == 2
+    for run in children:
+        assert run.data.tags[tags.TRIAL_STATUS] == "completed"
+        assert set(expected) <= set(run.data.metrics), sorted(run.data.metrics)
+        assert "diag_val_error" in run.data.metrics and run.data.tags["sweep.diagnosis"] in VERDICTS
+        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert "plots/learning_curves.png" in plots
+        assert ("plots/residuals.png" in plots) == (dataset == "diabetes")

@@ -1,0 +1,88 @@
+"""The end-of-trial evaluation: every metric on validation and test, and a bias-variance diagnosis.
+
+Made once when a trial ends (never per epoch), from the model as it stands: the completed
+model, the best weights when early stopping restored them, or the model at the epoch a
+scheduler stopped it. Plots are made from :class:`TrialEvaluation` by ``tracking.artifacts``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trainer.data import Dataset
+from trainer.diagnosis import DiagnosisThresholds, baseline_error, diagnose, overfitting_onset
+from trainer.loop import TrainResult
+from trainer.metrics import classification_metrics, regression_metrics
+
+
+@dataclass
+class TrialEvaluation:
+    """Metrics, diagnosis tags, and the test-split arrays the plots are drawn from."""
+
+    task: str
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    class_names: tuple[str, ...]
+    y_test: np.ndarray
+    test_output: np.ndarray  # class probabilities (n, K), P(y=1) (n,), or predictions (n,)
+    test_hidden: np.ndarray  # last-hidden-layer activations on the test split
+    advice: str = ""
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def test_labels(self) -> np.ndarray:
+        """Predicted classes (classification only)."""
+        if self.task == "binary":
+            return (self.test_output >= 0.5).astype(np.int64)
+        return self.test_output.argmax(axis=1)
+
+
+def _split_error(task: str, output: np.ndarray, y: np.ndarray) -> float:
+    """1 - accuracy for classification, MSE for regression (the diagnosis's units)."""
+    if task == "regression":
+        return float(np.mean((output - y) ** 2))
+    predicted = (output >= 0.5).astype(np.int64) if task == "binary" else output.argmax(axis=1)
+    return float(np.mean(predicted != y))
+
+
+def evaluate_trial(
+    result: TrainResult,
+    data: Dataset,
+    *,
+    reference_error: float | None = None,
+    thresholds: DiagnosisThresholds = DiagnosisThresholds(),
+    overfit_patience: int = 3,
+) -> TrialEvaluation:
+    """Evaluate a trained model on every split and diagnose its fit.
+
+    Metrics: scikit-learn's, named ``val_*`` and ``test_*`` (see :mod:`trainer.metrics`), plus
+    ``diag_*`` (train / validation / test error, variance, avoidable bias, the naive baseline's
+    error) and ``overfit_onset_epoch`` when the learning curves show one.
+    """
+    task = data.task
+    outputs = {split: result.predict(getattr(data, f"x_{split}")).numpy() for split in ("train", "val", "test")}
+    labels = {split: getattr(data, f"y_{split}").numpy() for split in ("train", "val", "test")}
+    metrics: dict[str, float] = {}
+    for split in ("val", "test"):
+        if task == "regression":
+            metrics.update(regression_metrics(labels[split], outputs[split], prefix=split))
+        else:
+            metrics.update(classification_metrics(labels[split], outputs[split], prefix=split,
+                                                  class_names=list(data.class_names)))
+    errors = {split: _split_error(task, outputs[split], labels[split]) for split in outputs}
+    diagnosis = diagnose(
+        errors["train"], errors["val"], test_error=errors["test"], reference_error=reference_error,
+        baseline_error=baseline_error(labels["train"], labels["val"], task), thresholds=thresholds,
+    )
+    metrics.update(diagnosis.as_metrics())
+    onset = overfitting_onset([h.train_loss for h in result.history], [h.val_loss for h in result.history],
+                              patience=overfit_patience)
+    if onset is not None:
+        metrics["overfit_onset_epoch"] = float(onset)
+    return TrialEvaluation(
+        task=task, metrics=metrics, tags=diagnosis.as_tags(), class_names=tuple(data.class_names),
+        y_test=labels["test"], test_output=outputs["test"], test_hidden=result.embed(data.x_test).numpy(),
+        advice=diagnosis.advice, history=[h.as_dict() for h in result.history],
+    )
