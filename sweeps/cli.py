@@ -15,6 +15,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from sweeps.jobs import add_job_commands
 from sweeps.progress import SweepSnapshot
 from sweeps.validate import SpecError, load_spec
 
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("schema", help="print the sweep file's JSON Schema (for editor autocompletion)")
     p.set_defaults(func=cmd_schema)
+    add_job_commands(sub, console)  # submit, status, logs, stop, list: Ray Jobs on a cluster
     p = sub.add_parser("ui", help="open the MLflow UI on the sweep's tracking store")
     p.add_argument("--uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--host", default="127.0.0.1")

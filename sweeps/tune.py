@@ -46,7 +46,8 @@ from tracking import tags as T
 from tracking.artifacts import log_files, trial_artifacts
 from trainer import DataConfig, Dataset, MLPConfig, StopTraining, load_dataset, train
 from trainer.diagnosis import DiagnosisThresholds
-from trainer.evaluation import evaluate_trial
+from trainer.evaluation import evaluate_trial, val_metric
+from trainer.loop import epoch_metric_names
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     try:
         if builtin:
             data = _dataset(ctx, split_seed)
-            result = train(MLPConfig(**config), data, lambda m: report(m.as_dict()), threads=ctx.threads)
+            hook = None if ctx.metric in epoch_metric_names(data.task) else val_metric(ctx.metric, data)
+            result = train(MLPConfig(**config), data, lambda m: report(m.as_dict()), threads=ctx.threads,
+                           epoch_metrics=hook)
             test = {**result.test, **_evaluate(result, data, ctx, run)}
         else:
             try:

@@ -35,6 +35,7 @@ from sweeps.spec import (
 )
 from trainer.config import MLPConfig
 from trainer.loop import epoch_metric_names
+from trainer.metrics import metric_mode, metric_names
 
 Loc = tuple[Any, ...]
 
@@ -155,7 +156,8 @@ def _known_keys(loc: Loc) -> list[str]:
 
 
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    extending = sorted((c for c in choices if c.startswith(str(word))), key=len)  # an abbreviation
+    close = extending[:1] or difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -253,12 +255,21 @@ def semantic_problems(spec: SweepSpec) -> list[SpecProblem]:
                     if why:
                         add(SpecProblem(loc + (bound,), getattr(p, bound), why))
         task = spec.data.known_task()
-        valid = epoch_metric_names(task)
-        if not spec.metric.name.startswith("test_") and spec.metric.name not in valid:
+        valid = searchable_metrics(task, spec.data.known_classes())
+        name = spec.metric.name
+        if not name.startswith("test_") and name not in valid:
             scope = f" for dataset {spec.data.dataset!r} ({task})" if task else ""
-            add(SpecProblem(("metric", "name"), spec.metric.name,
+            add(SpecProblem(("metric", "name"), name,
                             f"not a metric the mlp trainer reports every epoch"
-                            f"{did_you_mean(spec.metric.name, valid)}; valid{scope}: {', '.join(valid)}"))
+                            f"{did_you_mean(name, valid)}; valid{scope}: {', '.join(valid)}"))
+        elif name in valid and name not in epoch_metric_names(task):
+            mode = metric_mode(name)
+            if mode is None:
+                add(SpecProblem(("metric", "name"), name, "a raw count has no direction to optimize"))
+            elif mode != spec.metric.mode:
+                add(SpecProblem(("metric", "goal"), spec.metric.goal,
+                                f"{name} is better when {'higher' if mode == 'max' else 'lower'}: "
+                                f"use goal: {'maximize' if mode == 'max' else 'minimize'}"))
         if task is not None:
             problems.extend(_task_problems(spec, task))
     else:
@@ -374,6 +385,18 @@ def _task_problems(spec: SweepSpec, task: str) -> list[SpecProblem]:
                 problems.append(SpecProblem(("parameters", name) + suffix, value,
                                             f"{rule} (dataset {spec.data.dataset!r} is {task})"))
     return problems
+
+
+def searchable_metrics(task: str | None, n_classes: int | None) -> list[str]:
+    """Metrics the built-in trainer can report every epoch: its own, then every ``val_*``
+    evaluation metric of the task (computed each epoch only when the sweep optimizes it)."""
+    names = list(epoch_metric_names(task))
+    tasks = [task] if task else ["multiclass", "binary", "regression"]
+    for t in tasks:
+        classes = n_classes if t == "multiclass" and n_classes and n_classes >= 3 else (
+            10 if t == "multiclass" else None)
+        names.extend(n for n in metric_names(t, classes, splits=("val",)) if n not in names)
+    return names
 
 
 def _condition_cycle(spec: SweepSpec) -> list[str] | None:

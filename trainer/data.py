@@ -77,6 +77,7 @@ KNOWN_TASKS: dict[str, Task] = {
     "digits": "multiclass", "mnist": "multiclass", "fashion_mnist": "multiclass",
     "breast_cancer": "binary", "diabetes": "regression",
 }
+KNOWN_CLASSES: dict[str, int] = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "breast_cancer": 2}
 MAX_INFERRED_CLASSES = 20  # an integer target with more distinct values is inferred to be regression
 
 
@@ -123,6 +124,10 @@ class DataConfig(BaseModel):
                 if algorithm not in ("sha256", "md5") or not digest:
                     raise ValueError(f"checksums[{name!r}] = {value!r}: must look like 'sha256:<hex>' or 'md5:<hex>'")
         return self
+
+    def known_classes(self) -> int | None:
+        """Number of classes, when known without reading the data."""
+        return KNOWN_CLASSES.get(self.dataset)
 
     def known_task(self) -> Task | None:
         """The task, when it is known without reading the data (None: inferred from a file)."""

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from collections.abc import Callable
+
 import numpy as np
+from torch import nn
 
 from trainer.data import Dataset
 from trainer.diagnosis import DiagnosisThresholds, baseline_error, diagnose, overfitting_onset
 from trainer.loop import TrainResult
 from trainer.metrics import classification_metrics, regression_metrics
+from trainer.predict import predict
 
 
 @dataclass
@@ -37,6 +41,21 @@ class TrialEvaluation:
         if self.task == "binary":
             return (self.test_output >= 0.5).astype(np.int64)
         return self.test_output.argmax(axis=1)
+
+
+def val_metric(name: str, data: Dataset) -> Callable[[nn.Module], dict[str, float]]:
+    """A per-epoch hook computing one evaluation metric (e.g. ``val_mcc``) on the validation split."""
+    y = data.y_val.numpy()
+
+    def compute(model: nn.Module) -> dict[str, float]:
+        output = predict(model, data.x_val, data.task).numpy()
+        if data.task == "regression":
+            values = regression_metrics(y, output, prefix="val")
+        else:
+            values = classification_metrics(y, output, prefix="val", class_names=list(data.class_names))
+        return {name: values[name]}
+
+    return compute
 
 
 def _split_error(task: str, output: np.ndarray, y: np.ndarray) -> float:

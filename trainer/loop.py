@@ -89,6 +89,7 @@ class EpochMetrics:
     train_mse: float | None = None
     val_mse: float | None = None
     val_mae: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)  # from train(epoch_metrics=...), e.g. val_f1_macro
 
     def as_dict(self) -> dict[str, float]:
         """The metrics that apply, as floats.
@@ -97,7 +98,10 @@ class EpochMetrics:
             >>> sorted(EpochMetrics(epoch=1, train_loss=0.5, val_loss=0.6, lr=0.1, epoch_seconds=1.0).as_dict())
             ['epoch', 'epoch_seconds', 'lr', 'train_loss', 'val_loss']
         """
-        return {f.name: float(v) for f in fields(self) if (v := getattr(self, f.name)) is not None}
+        out = {f.name: float(v) for f in fields(self)
+               if f.name != "extra" and (v := getattr(self, f.name)) is not None}
+        out.update(self.extra)
+        return out
 
 
 @dataclass
@@ -235,6 +239,7 @@ def train(
     report: Report | None = None,
     *,
     threads: int | None = None,
+    epoch_metrics: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> TrainResult:
     """Train the built-in MLP on ``data`` and evaluate it on the test split.
 
@@ -243,6 +248,8 @@ def train(
         data: in-memory train / val / test tensors and the task.
         report: called after every epoch; may raise :class:`StopTraining`.
         threads: torch intra-op threads (default: the CPUs this process may use).
+        epoch_metrics: computes more metrics from the model after each epoch (e.g. the sweep's
+            ``val_f1_macro``); they reach ``report`` in ``EpochMetrics.extra``.
 
     Raises:
         ValueError: the config does not fit the dataset's task (checked before training).
@@ -306,6 +313,7 @@ def train(
         metrics = EpochMetrics(
             epoch=epoch, train_loss=train_loss, val_loss=val["loss"], lr=lr, batch_size=batch_size,
             epoch_seconds=time.perf_counter() - started, **extra,
+            extra=epoch_metrics(model) if epoch_metrics is not None else {},
         )
         result.history.append(metrics)
         result.model_epoch = epoch
