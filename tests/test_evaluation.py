@@ -98,3 +98,15 @@ def test_stopped_trials_are_evaluated_too() -> None:
     ev = evaluate_trial(result, data)
     assert len(ev.history) == 2 and "test_f1_macro" in ev.metrics
     assert np.isfinite(ev.metrics["test_log_loss"])
+
+
+def test_a_searched_evaluation_metric_is_reported_every_epoch() -> None:
+    from trainer.evaluation import val_metric
+
+    data = load_dataset(DataConfig(dataset="digits"))
+    seen = []
+    result = train(MLPConfig(epochs=3, hidden_size=16), data, lambda m: seen.append(m.as_dict()), threads=1,
+                   epoch_metrics=val_metric("val_f1_macro", data))
+    assert [round(d["epoch"]) for d in seen] == [1, 2, 3]
+    pred = result.predict(data.x_val).numpy().argmax(axis=1)
+    assert seen[-1]["val_f1_macro"] == pytest.approx(skm.f1_score(data.y_val.numpy(), pred, average="macro"))
