@@ -61,8 +61,9 @@ FIGURE_PIXELS: dict[str, tuple[int, int]] = {
         "residuals": RESIDUALS_SIZE,
     }.items()
 }  # (width, height) of each PNG
-PCA_MAX_POINTS = 10_000  # embedding_png subsamples to at most this many points for PCA...
+PCA_MAX_POINTS = 4_000  # embedding_png subsamples to at most this many points for PCA (drawing dominates)
 TSNE_MAX_POINTS = 2_000  # ...and this many for t-SNE (about 5-10 s on one core)
+NORMALIZED_ANNOTATE_MIN = 0.05  # off-diagonal shares below this stay unlabelled (their colour shows them)
 ANNOTATE_MAX_CLASSES = 20  # confusion matrices with more classes get no per-cell numbers
 _CURVE_GRID = np.linspace(0.0, 1.0, 201)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -222,7 +223,8 @@ def confusion_matrix_png(
 
     Rows are true classes, columns predicted; x labels are rotated so ten long
     names (Fashion-MNIST's "T-shirt/top", "Ankle boot"...) fit. Cells carry
-    their value up to :data:`ANNOTATE_MAX_CLASSES` classes (blank cells are 0;
+    their value up to :data:`ANNOTATE_MAX_CLASSES` classes (blank cells are 0, and in the
+    normalized panel off-diagonal shares under :data:`NORMALIZED_ANNOTATE_MIN` are not labelled;
     above that, a colorbar instead). Rows of classes absent from ``y_true`` are
     all zero in the normalized panel.
 
@@ -260,8 +262,8 @@ def confusion_matrix_png(
             for i in range(c):
                 for j in range(c):
                     v = data[i, j]
-                    if v == 0:
-                        continue  # blank cells are zero: less clutter, fewer texts to render
+                    if v == 0 or (data is norm and i != j and v < NORMALIZED_ANNOTATE_MIN):
+                        continue  # blank cells are zero (or, normalized, a confusion under 5%): fewer texts
                     ax.text(j, i, format(v, fmt), ha="center", va="center", fontproperties=cell_font,
                             color="white" if v > vmax / 2 else "black")
     return _render(fig)

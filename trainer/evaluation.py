@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 
 import numpy as np
+import torch
 from torch import nn
 
 from trainer.data import Dataset
@@ -19,6 +20,9 @@ from trainer.diagnosis import DiagnosisThresholds, baseline_error, diagnose, ove
 from trainer.loop import TrainResult
 from trainer.metrics import classification_metrics, regression_metrics
 from trainer.predict import predict
+
+
+TRAIN_ERROR_SAMPLES = 10_000  # the diagnosis's train error is measured on at most this many train samples
 
 
 @dataclass
@@ -81,8 +85,13 @@ def evaluate_trial(
     error) and ``overfit_onset_epoch`` when the learning curves show one.
     """
     task = data.task
-    outputs = {split: result.predict(getattr(data, f"x_{split}")).numpy() for split in ("train", "val", "test")}
-    labels = {split: getattr(data, f"y_{split}").numpy() for split in ("train", "val", "test")}
+    x_train, y_train = data.x_train, data.y_train
+    if len(x_train) > TRAIN_ERROR_SAMPLES:  # the train error of a fixed random subset: ±0.5% at most
+        keep = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))[:TRAIN_ERROR_SAMPLES]
+        x_train, y_train = x_train[keep], y_train[keep]
+    inputs = {"train": (x_train, y_train), "val": (data.x_val, data.y_val), "test": (data.x_test, data.y_test)}
+    outputs = {split: result.predict(x).numpy() for split, (x, _) in inputs.items()}
+    labels = {split: y.numpy() for split, (_, y) in inputs.items()}
     metrics: dict[str, float] = {}
     for split in ("val", "test"):
         if task == "regression":
