@@ -583,7 +583,7 @@ def _follow(conn: _Connection, job_id: str) -> Iterator[str]:
 
 
 def stop(job_id: str, address: str | None = None, token: str | None = None) -> bool:
-    """Ask the cluster to stop the job (SIGTERM to the driver, which closes its MLflow runs).
+    """Ask the cluster to stop the job (SIGINT to the driver, set at submission, which closes its MLflow runs).
 
     Returns False when the job had already ended.
     """

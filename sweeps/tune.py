@@ -47,7 +47,7 @@ from tracking.artifacts import log_files, trial_artifacts
 from trainer import DataConfig, Dataset, MLPConfig, StopTraining, load_dataset, train
 from trainer.diagnosis import DiagnosisThresholds
 from trainer.evaluation import evaluate_trial, val_metric
-from trainer.loop import epoch_metric_names
+from trainer.loop import EARLY_STOPPED, epoch_metric_names
 
 logger = logging.getLogger(__name__)
 
@@ -139,17 +139,22 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     else:
         extra_tags = {T.STAGE: "search"}
         run_name = tune.get_context().get_trial_name()
-    params = MLPConfig(**config).model_dump() if builtin else dict(config)
+    try:  # a combination the file could not rule out (e.g. a sampled warmup >= epochs) fails the trial
+        params = MLPConfig(**config).model_dump() if builtin else dict(config)
+        invalid = None
+    except ValueError as e:
+        params, invalid = dict(config), e
     run = TrialRun.open(
         ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, ctx.sweep_name, ctx.sweep_id,
         trial_id, params, run_name=run_name, flush_seconds=ctx.flush_seconds, extra_tags=extra_tags,
     )
     last_epoch = 0
     stopped_by_tune = False
+    ended_itself = False  # within-trial early stopping: a complete run, whatever the scheduler says
     planned = int(params.get("epochs") or ctx.max_epochs)
 
     def report(metrics: dict[str, Any]) -> None:
-        nonlocal last_epoch, stopped_by_tune
+        nonlocal last_epoch, stopped_by_tune, ended_itself
         if ctx.metric not in metrics or "epoch" not in metrics:
             raise MetricNotReported(
                 f"the trainer reported {sorted(metrics)}; the sweep's metric.name={ctx.metric!r} "
@@ -159,6 +164,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise FloatingPointError(f"epoch {metrics['epoch']}: {ctx.metric} is {value!r}")
         last_epoch = int(metrics["epoch"])
+        ended_itself = bool(metrics.get(EARLY_STOPPED))
         run.log_epoch({k: v for k, v in metrics.items() if k != "epoch"}, epoch=last_epoch)
         try:
             tune.report(dict(metrics))
@@ -167,6 +173,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             raise StopTraining from None
 
     try:
+        if invalid is not None:
+            raise invalid
         if builtin:
             data = _dataset(ctx, split_seed)
             hook = None if ctx.metric in epoch_metric_names(data.task) else val_metric(ctx.metric, data)
@@ -182,7 +190,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         run.finish(TrialStatus.FAILED, reason=f"{type(e).__name__}: {e}")
         raise
     run.log_metrics(test, step=last_epoch)
-    if stopped_by_tune and last_epoch < planned:
+    if stopped_by_tune and last_epoch < planned and not ended_itself:
         run.finish(TrialStatus.STOPPED_EARLY, stopped_epoch=last_epoch)
     else:  # ASHA also "stops" a trial that reached max_t: that trial completed its budget
         run.finish(TrialStatus.COMPLETED)
@@ -199,7 +207,8 @@ def _evaluate(result: Any, data: Dataset, ctx: TrialContext, run: TrialRun) -> d
         result, data, reference_error=ev.reference_error, overfit_patience=ev.overfit_patience,
         thresholds=DiagnosisThresholds(high_bias=ev.high_bias, high_variance=ev.high_variance),
     )
-    files = trial_artifacts(evaluation, early_stop_epoch=result.early_stopped_epoch,
+    kept = result.model_epoch if result.early_stopped_epoch is not None else None  # the weights kept
+    files = trial_artifacts(evaluation, early_stop_epoch=kept,
                             stopped_epoch=result.stopped_epoch, embedding=ev.embedding)
     log_files(run.client, run.run_id, files)
     run.set_tags(evaluation.tags)
@@ -263,7 +272,8 @@ class SweepOptunaSearch(OptunaSearch):
         value = (result or {}).get(self.metric)
         if error or value is None or not math.isfinite(value):
             state, value = optuna.trial.TrialState.FAIL, None
-        elif int((result or {}).get("epoch", 0)) < self._planned_epochs.get(trial_id, 0):
+        elif (int((result or {}).get("epoch", 0)) < self._planned_epochs.get(trial_id, 0)
+              and not (result or {}).get(EARLY_STOPPED)):
             state, value = optuna.trial.TrialState.PRUNED, None
         else:
             state = optuna.trial.TrialState.COMPLETE
@@ -334,7 +344,7 @@ class _SweepCallback(tune.Callback):
         epoch = int(result.get("epoch", 0))
         config = trial.config.get(REPEAT_KEY, {}).get("params", trial.config)
         planned = int(config.get("epochs", self.planned))
-        if epoch < planned:
+        if epoch < planned and not result.get(EARLY_STOPPED):
             self.outcomes[trial.trial_id] = (TrialStatus.STOPPED_EARLY, epoch, None)
         else:
             self.outcomes[trial.trial_id] = (TrialStatus.COMPLETED, None, None)

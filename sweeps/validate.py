@@ -214,13 +214,28 @@ def _problems_from_validation(err: ValidationError, raw: Any) -> list[SpecProble
 
 
 # ---- checks across blocks ---------------------------------------------------------------------
-def _field_error(name: str, value: Any) -> str | None:
-    """Why ``value`` is not acceptable for MLPConfig.<name>, or None."""
+def _field_error(name: str, value: Any, fixed: dict[str, Any] | None = None) -> str | None:
+    """Why ``value`` is not acceptable for MLPConfig.<name>, or None.
+
+    Checked beside the file's other fixed values (not the defaults they replace); rules that
+    tie several keys together are reported by :func:`_fixed_combination_error` instead.
+    """
     try:
-        MLPConfig.model_validate({name: value})
+        MLPConfig.model_validate({**(fixed or {}), name: value})
     except ValidationError as e:
         for err in e.errors():
-            if err["loc"] and err["loc"][0] == name or not err["loc"]:
+            if err["loc"] and err["loc"][0] == name:
+                return err["msg"].removeprefix("Value error, ")
+    return None
+
+
+def _fixed_combination_error(fixed: dict[str, Any]) -> str | None:
+    """A rule that the fixed parameters break together (e.g. warmup_epochs >= epochs)."""
+    try:
+        MLPConfig.model_validate(fixed)
+    except ValidationError as e:
+        for err in e.errors():
+            if not err["loc"]:
                 return err["msg"].removeprefix("Value error, ")
     return None
 
@@ -234,6 +249,11 @@ def semantic_problems(spec: SweepSpec) -> list[SpecProblem]:
 
     if builtin:
         fields = list(MLPConfig.model_fields)
+        fixed = {k: v for k, v in spec.fixed_params().items() if k in fields}
+        fixed = {k: v for k, v in fixed.items() if _field_error(k, v) is None}  # each reported on its own
+        clash = _fixed_combination_error(fixed)
+        if clash:
+            add(SpecProblem(("parameters",), _MISSING, f"the fixed parameters clash: {clash}"))
         for name, p in spec.parameters.items():
             loc: Loc = ("parameters", name)
             if name not in fields:
@@ -241,17 +261,17 @@ def semantic_problems(spec: SweepSpec) -> list[SpecProblem]:
                                 f"{did_you_mean(name, fields)}; known: {', '.join(fields)}"))
                 continue
             if isinstance(p, Fixed):
-                why = _field_error(name, p.value)
+                why = _field_error(name, p.value, fixed)
                 if why:
                     add(SpecProblem(loc, p.value, why))
             elif isinstance(p, (Categorical, Grid)):
                 for i, v in enumerate(p.values):
-                    why = _field_error(name, v)
+                    why = _field_error(name, v, fixed)
                     if why:
                         add(SpecProblem(loc + ("values", i), v, why))
             else:
                 for bound in ("min", "max"):
-                    why = _field_error(name, getattr(p, bound))
+                    why = _field_error(name, getattr(p, bound), fixed)
                     if why:
                         add(SpecProblem(loc + (bound,), getattr(p, bound), why))
         task = spec.data.known_task()

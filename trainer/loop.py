@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import nn
@@ -60,6 +60,9 @@ def epoch_metric_names(task: Task | None = None) -> tuple[str, ...]:
     if task is not None:
         return EPOCH_METRICS[task]
     return tuple(dict.fromkeys(n for names in EPOCH_METRICS.values() for n in names))
+
+
+EARLY_STOPPED = "early_stopped"  # in the report of the epoch where within-trial early stopping ended training
 
 
 class StopTraining(Exception):
@@ -321,6 +324,9 @@ def train(
         if best is not None:
             best.offer(model, epoch, val["loss"])
         patience_ran_out = stopper is not None and stopper.update(val["loss"])
+        if patience_ran_out:  # the last epoch of a run that stopped by itself: a complete run
+            metrics = replace(metrics, extra={**metrics.extra, EARLY_STOPPED: 1.0})
+            result.history[-1] = metrics
         if report is not None:
             try:
                 report(metrics)
