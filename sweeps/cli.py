@@ -73,7 +73,8 @@ def render_summaries(summaries: list[Any], metric: str) -> Table:
             m = s.summaries.get(key)
             cells.append("" if m is None else
                          f"{m.mean:.4f} ± {m.se:.4f} [{m.ci_low:.4f}, {m.ci_high:.4f}]")
-        table.add_row(s.config_id, s.source_trial, str(len(s.seeds)), *cells)
+        table.add_row(f"{s.variant}/{s.config_id}" if s.variant else s.config_id, s.source_trial,
+                      str(len(s.seeds)), *cells)
     return table
 
 
@@ -96,6 +97,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"[green]valid[/green]: {args.file}: sweep {spec.name!r}, {spec.num_trials()} trials "
         f"({spec.search.algorithm}), {len(spec.searched_params())} searched / {len(spec.fixed_params())} fixed "
         f"parameters, metric {spec.metric.name} ({spec.metric.goal}), early stopping: {es}"
+        + (f", variants: {', '.join(spec.variants)} (baseline {spec.baseline()})" if spec.variants else "")
+        + (f", repeats: top {spec.repeats.top_k} x {spec.repeats.seeds} seeds" if spec.repeats else "")
     )
     return 0
 

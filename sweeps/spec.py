@@ -290,6 +290,10 @@ class SweepSpec(_Frozen):
     tracking: TrackingSpec = TrackingSpec()  # MLflow URI and experiment
     evaluation: EvaluationSpec = EvaluationSpec()  # end-of-trial metrics, diagnosis and plots
     repeats: RepeatsSpec | None = None  # after the search: the top configurations over many seeds
+    # A study: variant name -> parameters it overrides or adds. Each variant is searched with the
+    # same trial budget and search seed, then repeated; all are compared with the baseline.
+    variants: dict[str, dict[str, ParamSpec]] = Field(default_factory=dict)
+    baseline_variant: str | None = None  # the variant the others are tested against (default: the first)
 
     @field_validator("name")
     @classmethod
@@ -314,7 +318,41 @@ class SweepSpec(_Frozen):
             return {k: p if _param_kind(p) != "literal" else Fixed(value=p) for k, p in v.items()}
         return v
 
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _wrap_variant_literals(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {name: cls._wrap_literals(over) if over is not None else {} for name, over in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _check_variants(self) -> SweepSpec:
+        for name in self.variants:
+            if not NAME_PATTERN.match(str(name)):
+                raise ValueError(f"variants: name {name!r}: use letters, digits, '_', '.' or '-'")
+        return self
+
     # ---- derived views -------------------------------------------------------------------------
+    def variant_specs(self) -> list[tuple[str | None, SweepSpec]]:
+        """(variant, the spec that variant runs): the variant's parameters over the file's own.
+
+        Without variants: one entry, ``(None, self)``.
+        """
+        if not self.variants:
+            return [(None, self)]
+        return [
+            (name, self.model_copy(update={"parameters": {**self.parameters, **over}, "variants": {},
+                                           "baseline_variant": None}))
+            for name, over in self.variants.items()
+        ]
+
+    def baseline(self) -> str | None:
+        return self.baseline_variant or next(iter(self.variants), None)
+
+    def total_trials(self) -> int:
+        """Search trials over all variants."""
+        return self.num_trials() * max(len(self.variants), 1)
+
     def fixed_params(self) -> dict[str, Any]:
         return {k: p.value for k, p in self.parameters.items() if isinstance(p, Fixed)}
 

@@ -79,6 +79,7 @@ class TrialContext:
     evaluation: EvaluationSpec
     data_ref: Any  # ObjectRef of the Dataset
     data_config: DataConfig | None = None  # set when each seed re-draws the split (repeats.vary_split)
+    variant: str | None = None  # the study variant this trial belongs to
 
 
 @dataclass
@@ -135,15 +136,21 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         extra_tags = {T.STAGE: "repeat", T.CONFIG_ID: repeat["config_id"], T.SEED: str(repeat["seed"]),
                       T.SOURCE_TRIAL: repeat["source_trial"]}
         run_name = f"{repeat['config_id']}-seed{repeat['seed']}"
+        if ctx.variant:
+            run_name = f"{ctx.variant}-{run_name}"
         split_seed = repeat["seed"] if ctx.data_config is not None else None
     else:
         extra_tags = {T.STAGE: "search"}
         run_name = tune.get_context().get_trial_name()
+        if ctx.variant:
+            run_name = f"{ctx.variant}-{run_name}"
     try:  # a combination the file could not rule out (e.g. a sampled warmup >= epochs) fails the trial
         params = MLPConfig(**config).model_dump() if builtin else dict(config)
         invalid = None
     except ValueError as e:
         params, invalid = dict(config), e
+    if ctx.variant is not None:
+        extra_tags[T.VARIANT] = ctx.variant
     run = TrialRun.open(
         ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, ctx.sweep_name, ctx.sweep_id,
         trial_id, params, run_name=run_name, flush_seconds=ctx.flush_seconds, extra_tags=extra_tags,
@@ -416,43 +423,46 @@ def run_sweep(
     tracker.log_text(yaml.safe_dump(resolved, sort_keys=False), "spec.resolved.yaml")
     tracker.log_text(json.dumps(_environment(), indent=2), "environment.json")
 
-    search = _SweepCallback(spec, sink)
-    callbacks = [search]
+    callbacks: list[_SweepCallback] = []
+    searches: dict[str | None, _SweepCallback] = {}
     status = "failed"
     fitted = False
     summaries: list[ConfigSummary] = []
+    if spec.variants:
+        tracker.set_tags({T.BASELINE_VARIANT: spec.baseline()})
     try:
         _ensure_ray()
-        ctx = TrialContext(
-            sweep_name=spec.name, sweep_id=sweep_id, tracking_uri=uri, experiment_id=tracker.experiment_id,
-            parent_run_id=parent, trainer=spec.trainer, metric=spec.metric.name, max_epochs=spec.max_epochs(),
-            threads=max(1, int(spec.resources.cpus_per_trial)), flush_seconds=spec.tracking.flush_seconds,
-            evaluation=spec.evaluation,
-            data_ref=ray.put(data),
-            data_config=spec.data if spec.repeats is not None and spec.repeats.vary_split else None,
-        )
-        es = spec.early_stopping
-        scheduler = (
-            ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs(), grace_period=es.grace_period,
-                          reduction_factor=es.reduction_factor)
-            if isinstance(es, ASHASpec) else FIFOScheduler()
-        )
-        concurrent = spec.resources.max_concurrent_trials
-        _fit(spec, ctx, search, results_dir, f"{spec.name}-{sweep_id}", tune_config=tune.TuneConfig(
-            metric=spec.metric.name, mode=spec.metric.mode,
-            search_alg=SweepOptunaSearch(spec, study_name=f"{spec.name}-{sweep_id}", concurrent=concurrent),
-            scheduler=scheduler, num_samples=spec.num_trials(),
-            max_concurrent_trials=concurrent, reuse_actors=True,
-        ))
-        complete = len(search.outcomes) >= spec.num_trials()
-        if complete and spec.repeats is not None:
-            points = repeat_points(spec, search.ranked_completed())
-            repeats = _SweepCallback(spec, sink, total=len(points), stage="repeats")
-            callbacks.append(repeats)
-            _fit(spec, ctx, repeats, results_dir, f"{spec.name}-{sweep_id}-repeats", tune_config=tune.TuneConfig(
-                num_samples=1, max_concurrent_trials=concurrent, reuse_actors=True,
-            ), param_space={REPEAT_KEY: tune.grid_search(points)})
-            complete = len(repeats.outcomes) >= len(points)
+        data_ref = ray.put(data)
+        complete = True
+        for variant, vspec in spec.variant_specs():
+            ctx = TrialContext(
+                sweep_name=spec.name, sweep_id=sweep_id, tracking_uri=uri, experiment_id=tracker.experiment_id,
+                parent_run_id=parent, trainer=spec.trainer, metric=spec.metric.name,
+                max_epochs=vspec.max_epochs(), threads=max(1, int(spec.resources.cpus_per_trial)),
+                flush_seconds=spec.tracking.flush_seconds, evaluation=spec.evaluation, data_ref=data_ref,
+                data_config=spec.data if spec.repeats is not None and spec.repeats.vary_split else None,
+                variant=variant,
+            )
+            search = _SweepCallback(vspec, sink, stage=f"{variant}: search" if variant else "search")
+            searches[variant] = search
+            callbacks.append(search)
+            complete = _search(vspec, ctx, search, results_dir, sweep_id, variant) and complete
+            if not complete:
+                break
+            if vspec.repeats is not None:
+                points = repeat_points(vspec, search.ranked_completed())
+                repeats = _SweepCallback(vspec, sink, total=len(points),
+                                         stage=f"{variant}: repeats" if variant else "repeats")
+                callbacks.append(repeats)
+                suffix = f"-{variant}" if variant else ""
+                _fit(vspec, ctx, repeats, results_dir, f"{spec.name}-{sweep_id}{suffix}-repeats",
+                     tune_config=tune.TuneConfig(num_samples=1,
+                                                 max_concurrent_trials=spec.resources.max_concurrent_trials,
+                                                 reuse_actors=True),
+                     param_space={REPEAT_KEY: tune.grid_search(points)})
+                complete = len(repeats.outcomes) >= len(points)
+                if not complete:
+                    break
         fitted = True
         status = "completed" if complete else "interrupted"
     except KeyboardInterrupt:
@@ -466,18 +476,22 @@ def run_sweep(
         if status != "completed":
             tracker.mark_interrupted(set(outcomes))
         elif spec.repeats is not None:
-            summaries = summarize_repeats(tracker, spec)
-        best_tags = _best_tags(tracker, spec, search, summaries)
+            for variant, _ in spec.variant_specs():
+                summaries.extend(summarize_repeats(tracker, spec, variant))
+        main_search = searches.get(spec.baseline()) or next(iter(searches.values()), None)
+        best_tags = _best_tags(tracker, spec, main_search, summaries) if main_search else {}
         tracker.log_metrics({f"trials_{s.value}": sum(1 for o in outcomes.values() if o[0] is s)
                              for s in TrialStatus})
         tracker.finish(status, best_tags)
 
+    search = main_search or _SweepCallback(spec, sink)
     best_cfg = search.best_completed or search.best
     snapshot = SweepSnapshot(
-        name=spec.name, metric=spec.metric.name, goal=spec.metric.goal, total=spec.num_trials(),
-        completed=sum(1 for o in search.outcomes.values() if o[0] is TrialStatus.COMPLETED),
-        stopped_early=sum(1 for o in search.outcomes.values() if o[0] is TrialStatus.STOPPED_EARLY),
-        failed=sum(1 for o in search.outcomes.values() if o[0] is TrialStatus.FAILED),
+        name=spec.name, metric=spec.metric.name, goal=spec.metric.goal, total=spec.total_trials(),
+        completed=sum(1 for cb in searches.values() for o in cb.outcomes.values() if o[0] is TrialStatus.COMPLETED),
+        stopped_early=sum(1 for cb in searches.values() for o in cb.outcomes.values()
+                          if o[0] is TrialStatus.STOPPED_EARLY),
+        failed=sum(1 for cb in searches.values() for o in cb.outcomes.values() if o[0] is TrialStatus.FAILED),
         best_value=best_cfg[0] * search.sign if best_cfg else None,
         best_trial=best_cfg[1] if best_cfg else None, best_config=best_cfg[2] if best_cfg else {},
         last_event=f"sweep {status}",
@@ -485,9 +499,30 @@ def run_sweep(
     return SweepOutcome(
         sweep_id=sweep_id, parent_run_id=parent, experiment_id=tracker.experiment_id, tracking_uri=uri,
         status=status, snapshot=snapshot, best_run_id=best_tags.get(T.BEST_RUN),
-        trial_statuses={k: v[0].value for k, v in search.outcomes.items()},
+        trial_statuses={k: v[0].value for cb in searches.values() for k, v in cb.outcomes.items()},
         wall_seconds=time.perf_counter() - started, summaries=summaries,
     )
+
+
+def _search(spec: SweepSpec, ctx: TrialContext, callback: _SweepCallback, results_dir: str | Path,
+            sweep_id: str, variant: str | None) -> bool:
+    """The search stage of one variant; True when every trial finished."""
+    es = spec.early_stopping
+    scheduler = (
+        ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs(), grace_period=es.grace_period,
+                      reduction_factor=es.reduction_factor)
+        if isinstance(es, ASHASpec) else FIFOScheduler()
+    )
+    concurrent = spec.resources.max_concurrent_trials
+    name = f"{spec.name}-{sweep_id}" + (f"-{variant}" if variant else "")
+    # each variant gets the same budget and search seed, in its own study: a fair comparison
+    _fit(spec, ctx, callback, results_dir, name, tune_config=tune.TuneConfig(
+        metric=spec.metric.name, mode=spec.metric.mode,
+        search_alg=SweepOptunaSearch(spec, study_name=name, concurrent=concurrent),
+        scheduler=scheduler, num_samples=spec.num_trials(),
+        max_concurrent_trials=concurrent, reuse_actors=True,
+    ))
+    return len(callback.outcomes) >= spec.num_trials()
 
 
 def _fit(spec: SweepSpec, ctx: TrialContext, callback: _SweepCallback, results_dir: str | Path, name: str,
@@ -534,9 +569,10 @@ class ConfigSummary:
     run_id: str
     seeds: list[int]
     summaries: dict[str, Summary]
+    variant: str | None = None
 
 
-def summarize_repeats(tracker: SweepTracker, spec: SweepSpec) -> list[ConfigSummary]:
+def summarize_repeats(tracker: SweepTracker, spec: SweepSpec, variant: str | None = None) -> list[ConfigSummary]:
     """Mean, SD, SE and a Student-t CI of every final metric over each configuration's seeds.
 
     Read back from MLflow, so the summaries agree with the runs they summarize. Each
@@ -546,7 +582,8 @@ def summarize_repeats(tracker: SweepTracker, spec: SweepSpec) -> list[ConfigSumm
     by_config: dict[str, list[Any]] = {}
     for run in tracker.child_runs():
         t = run.data.tags
-        if t.get(T.STAGE) == "repeat" and t.get(T.TRIAL_STATUS) == T.COMPLETED:
+        if (t.get(T.STAGE) == "repeat" and t.get(T.TRIAL_STATUS) == T.COMPLETED
+                and t.get(T.VARIANT) == variant):
             by_config.setdefault(t[T.CONFIG_ID], []).append(run)
     out = []
     for config_id in sorted(by_config, key=lambda c: int(c.removeprefix("rank"))):
@@ -560,9 +597,9 @@ def summarize_repeats(tracker: SweepTracker, spec: SweepSpec) -> list[ConfigSumm
         params = {k: v for k, v in runs[0].data.params.items() if k != "seed"}
         source = runs[0].data.tags.get(T.SOURCE_TRIAL, "")
         metrics = {m: v for key, s in summaries.items() for m, v in s.as_metrics(key).items()}
-        run_id = tracker.log_summary_run(config_id, source, params, metrics,
-                                         seeds=[int(r.data.tags[T.SEED]) for r in runs])
-        out.append(ConfigSummary(config_id, source, run_id, [int(r.data.tags[T.SEED]) for r in runs], summaries))
+        seeds = [int(r.data.tags[T.SEED]) for r in runs]
+        run_id = tracker.log_summary_run(config_id, source, params, metrics, seeds=seeds, variant=variant)
+        out.append(ConfigSummary(config_id, source, run_id, seeds, summaries, variant))
     return out
 
 
@@ -577,8 +614,9 @@ def _best_tags(tracker: SweepTracker, spec: SweepSpec, search: _SweepCallback,
     tags_out = {T.BEST_TRIAL: best[1], T.BEST_RUN: run.info.run_id}
     value = run.data.metrics.get(spec.metric.name)
     metrics = {f"best_{spec.metric.name}": value} if value is not None else {}
-    if summaries:
-        top = summaries[0]
+    mine = [c for c in summaries if c.variant == spec.baseline()]
+    if mine:
+        top = mine[0]
         tags_out[T.BEST_SUMMARY_RUN] = top.run_id
         for key in ("test_accuracy", "test_loss", spec.metric.name):
             if key in top.summaries:

@@ -241,7 +241,32 @@ def _fixed_combination_error(fixed: dict[str, Any]) -> str | None:
 
 
 def semantic_problems(spec: SweepSpec) -> list[SpecProblem]:
-    """Problems that only show when the blocks of a valid-looking file are put together."""
+    """Problems that only show when the blocks of a valid-looking file are put together.
+
+    A study is checked variant by variant: each variant's parameters over the file's own.
+    A problem in a key the variant sets is reported at ``variants.<name>.<key>``.
+    """
+    if spec.baseline_variant is not None and spec.baseline_variant not in spec.variants:
+        return [SpecProblem(("baseline_variant",), spec.baseline_variant,
+                            f"not one of the variants {sorted(spec.variants)}"
+                            f"{did_you_mean(spec.baseline_variant, list(spec.variants))}")]
+    if not spec.variants:
+        return _spec_problems(spec)
+    problems: list[SpecProblem] = []
+    seen: set[tuple[Loc, str]] = set()
+    for name, variant in spec.variant_specs():
+        overrides = spec.variants[name or ""]
+        for p in _spec_problems(variant):
+            loc = p.loc
+            if len(loc) >= 2 and loc[0] == "parameters" and loc[1] in overrides:
+                loc = ("variants", name) + loc[1:]
+            if (loc, p.rule) not in seen:  # the file's own problems once, not once per variant
+                seen.add((loc, p.rule))
+                problems.append(SpecProblem(loc, p.value, p.rule))
+    return problems
+
+
+def _spec_problems(spec: SweepSpec) -> list[SpecProblem]:
     problems: list[SpecProblem] = []
     searched = spec.searched_params()
     add = problems.append

@@ -285,3 +285,27 @@ def test_binary_and_regression_trials_carry_their_evaluation(ray_session, tmp_pa
         plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert "plots/learning_curves.png" in plots
         assert ("plots/residuals.png" in plots) == (dataset == "diabetes")
+
+
+def test_study_runs_every_variant_with_the_same_budget(ray_session, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = load_spec_text((Path(__file__).parent / "specs" / "valid" / "study.yaml").read_text(), "study.yaml",
+                          [f"tracking.uri={uri}", "variants.l2={}"])
+    outcome = run_sweep(spec, progress=Collect(), results_dir=tmp_path / "results")
+    assert outcome.status == "completed"
+    client = MlflowClient(uri)
+    runs = client.search_runs([outcome.experiment_id])
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.tags[tags.BASELINE_VARIANT] == "none"
+    by_stage: dict[tuple[str, str], list] = {}
+    for r in runs:
+        if r.data.tags.get(tags.ROLE) == "parent":
+            continue
+        by_stage.setdefault((r.data.tags[tags.VARIANT], r.data.tags[tags.STAGE]), []).append(r)
+    for variant in ("none", "dropout", "l2"):
+        assert len(by_stage[(variant, "search")]) == 2  # the same trial budget for every variant
+        assert len(by_stage[(variant, "repeat")]) == 2 and len(by_stage[(variant, "summary")]) == 1
+    dropouts = {float(r.data.params["dropout"]) for r in by_stage[("dropout", "search")]}
+    assert all(0.1 <= d <= 0.5 for d in dropouts)
+    assert {float(r.data.params["dropout"]) for r in by_stage[("none", "search")]} == {0.0}
+    assert [s.variant for s in outcome.summaries] == ["none", "dropout", "l2"]

@@ -266,14 +266,17 @@ class SweepTracker:
         return len(running)
 
     def log_summary_run(self, config_id: str, source_trial: str, params: Mapping[str, Any],
-                        metrics: Mapping[str, float], seeds: list[int]) -> str:
+                        metrics: Mapping[str, float], seeds: list[int], variant: str | None = None) -> str:
         """A finished child run holding one repeated configuration's statistics over seeds."""
         run_tags = {
             tags.PARENT_RUN_ID: self._parent(), tags.SWEEP_NAME: self.sweep_name, tags.SWEEP_ID: self.sweep_id,
             tags.ROLE: "summary", tags.STAGE: "summary", tags.CONFIG_ID: config_id,
             tags.SOURCE_TRIAL: source_trial, "sweep.seeds": ",".join(map(str, seeds)),
         }
-        run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=f"{config_id}-summary")
+        if variant is not None:
+            run_tags[tags.VARIANT] = variant
+        name = f"{variant}-{config_id}-summary" if variant else f"{config_id}-summary"
+        run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=name)
         run_id = run.info.run_id
         now_ms = int(time.time() * 1000)
         params_list = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
