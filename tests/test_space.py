@@ -11,6 +11,7 @@ from sweeps.space import grid_points, make_sampler, ordered_searched, suggest
 from sweeps.validate import load_spec, load_spec_text
 
 SPECS = Path(__file__).parent / "specs" / "valid"
+EXAMPLES = Path(__file__).parent.parent / "sweeps" / "examples"
 
 
 def _sample(spec, n: int) -> list[dict]:
@@ -59,9 +60,9 @@ def test_distributions_respect_their_bounds() -> None:
 
 
 def test_same_seed_same_proposals() -> None:
-    spec = load_spec(SPECS / "quickstart.yaml")
+    spec = load_spec(EXAMPLES / "quickstart.yaml")
     assert _sample(spec, 12) == _sample(spec, 12)
-    other = load_spec(SPECS / "quickstart.yaml", ["search.seed=1"])
+    other = load_spec(EXAMPLES / "quickstart.yaml", ["search.seed=1"])
     assert _sample(spec, 3) != _sample(other, 3)
 
 
@@ -77,11 +78,11 @@ def test_grid_covers_every_point_once() -> None:
 @pytest.mark.parametrize("algorithm,cls", [("tpe", optuna.samplers.TPESampler),
                                            ("random", optuna.samplers.RandomSampler)])
 def test_sampler_by_algorithm(algorithm: str, cls: type) -> None:
-    spec = load_spec(SPECS / "quickstart.yaml", [f"search.algorithm={algorithm}"])
+    spec = load_spec(EXAMPLES / "quickstart.yaml", [f"search.algorithm={algorithm}"])
     assert isinstance(make_sampler(spec, concurrent=2), cls)
 
 
 def test_tpe_uses_constant_liar_only_with_concurrency() -> None:
-    spec = load_spec(SPECS / "quickstart.yaml")
+    spec = load_spec(EXAMPLES / "quickstart.yaml")
     assert make_sampler(spec, concurrent=2)._constant_liar is True
     assert make_sampler(spec, concurrent=1)._constant_liar is False

@@ -13,7 +13,8 @@ from sweeps.spec import Categorical, Fixed, LogUniform, SweepSpec
 from sweeps.validate import SpecError, load_spec, load_spec_text
 
 SPECS = Path(__file__).parent / "specs"
-VALID = sorted((SPECS / "valid").glob("*.yaml"))
+EXAMPLES = Path(__file__).parent.parent / "sweeps" / "examples"
+VALID = sorted((SPECS / "valid").glob("*.yaml")) + sorted(EXAMPLES.glob("*.yaml"))
 INVALID = sorted((SPECS / "invalid").glob("*.yaml"))
 
 
@@ -96,13 +97,13 @@ def test_spec_is_frozen() -> None:
 
 
 def test_overrides_apply_and_are_validated() -> None:
-    spec = load_spec(SPECS / "valid" / "quickstart.yaml", ["search.trials=3", "parameters.epochs=4"])
+    spec = load_spec(EXAMPLES / "quickstart.yaml", ["search.trials=3", "parameters.epochs=4"])
     assert spec.num_trials() == 3 and spec.max_epochs() == 4
     with pytest.raises(SpecError) as info:
-        load_spec(SPECS / "valid" / "quickstart.yaml", ["search.trials=0"])
+        load_spec(EXAMPLES / "quickstart.yaml", ["search.trials=0"])
     assert "search.trials = 0" in str(info.value) and "(from --set)" in str(info.value)
     with pytest.raises(SpecError, match="must look like key.path=value"):
-        load_spec(SPECS / "valid" / "quickstart.yaml", ["search.trials"])
+        load_spec(EXAMPLES / "quickstart.yaml", ["search.trials"])
 
 
 def test_grid_trials_default_to_grid_size() -> None:
@@ -126,7 +127,7 @@ def test_missing_file_is_a_spec_error(tmp_path: Path) -> None:
 
 
 def test_validate_command(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", str(SPECS / "valid" / "quickstart.yaml")]) == 0
+    assert main(["validate", str(EXAMPLES / "quickstart.yaml")]) == 0
     assert "24 trials" in capsys.readouterr().err
 
 
