@@ -136,9 +136,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(f"MLflow: {outcome.tracking_uri}  experiment {spec.experiment_name()!r}  "
                   f"parent run {outcome.parent_run_id}")
     console.print(f"open it with: sweep ui --uri {outcome.tracking_uri}")
+    if outcome.status == "completed":
+        from sweeps.report import write_report
+
+        try:
+            html, md = write_report(outcome.tracking_uri, outcome.sweep_id)
+            console.print(f"report: {html} and {md} (also on the parent run)")
+        except Exception as e:  # noqa: BLE001 - a finished sweep stays finished; say why there is no report
+            console.print(f"[yellow]no report[/yellow]: {type(e).__name__}: {e}; retry with: sweep report {outcome.sweep_id}")
     if outcome.status == "interrupted":
         return EXIT_INTERRUPTED
     return 0 if s.completed + s.stopped_early > 0 else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sweeps.report import write_report
+    from tracking import resolve_tracking_uri
+
+    try:
+        html, md = write_report(resolve_tracking_uri(args.uri), args.sweep, out_dir=args.out_dir,
+                                log_to_parent=not args.no_log)
+    except LookupError as e:
+        console.print(Text(str(e), style="red"))
+        return 1
+    console.print(f"report: {html} and {md}")
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -170,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("schema", help="print the sweep file's JSON Schema (for editor autocompletion)")
     p.set_defaults(func=cmd_schema)
+    p = sub.add_parser("report", help="write a sweep's HTML and Markdown report (and log it to its parent run)")
+    p.add_argument("sweep", nargs="?", default=None, help="sweep id or name (default: the newest sweep)")
+    p.add_argument("--uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--out-dir", default=None, help="where to write (default: sweep_reports/<name>-<id>)")
+    p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
+    p.set_defaults(func=cmd_report)
     add_job_commands(sub, console)  # submit, status, logs, stop, list: Ray Jobs on a cluster
     p = sub.add_parser("ui", help="open the MLflow UI on the sweep's tracking store")
     p.add_argument("--uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")

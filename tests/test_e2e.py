@@ -310,3 +310,21 @@ def test_study_runs_every_variant_with_the_same_budget(ray_session, tmp_path: Pa
     assert all(0.1 <= d <= 0.5 for d in dropouts)
     assert {float(r.data.params["dropout"]) for r in by_stage[("none", "search")]} == {0.0}
     assert [s.variant for s in outcome.summaries] == ["none", "dropout", "l2"]
+    # the report of this miniature study agrees with the runs it came from
+    from sweeps.report import build_report, write_report
+
+    report = build_report(uri, outcome.sweep_id)
+    assert [v.name for v in report.variants] == ["none", "dropout", "l2"]
+    for v in report.variants:
+        summary = by_stage[(v.name, "summary")][0]
+        repeat_values = sorted(r.data.metrics["test_accuracy"] for r in by_stage[(v.name, "repeat")])
+        assert sorted(v.values) == pytest.approx(repeat_values)
+        assert v.mean == pytest.approx(summary.data.metrics["test_accuracy_mean"])
+        assert v.se == pytest.approx(summary.data.metrics["test_accuracy_se"])
+        assert (v.ci_low, v.ci_high) == (pytest.approx(summary.data.metrics["test_accuracy_ci_low"]),
+                                         pytest.approx(summary.data.metrics["test_accuracy_ci_high"]))
+    assert report.budget is not None and report.findings
+    html, md = write_report(uri, outcome.sweep_id, out_dir=tmp_path / "report")
+    assert html.exists() and md.exists()
+    logged = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
+    assert {"report.html", "report.md"} <= logged
