@@ -60,7 +60,7 @@ DIAG_KEYS = ("diag_train_error", "diag_val_error", "diag_variance")
 class BiasVariance:
     """Mean diagnosis errors over a variant's runs and its most common verdict."""
 
-    source: str  # "repeat runs" or "search runs"
+    source: str  # "repeat runs" or "completed search runs"
     n_runs: int
     train_error: float
     val_error: float
@@ -436,8 +436,11 @@ class _Builder:
         runs, source = self.of(variant, "repeat"), "repeat runs"
         runs = [r for r in runs if any(k in r.data.metrics for k in DIAG_KEYS)]
         if not runs:
-            source = "search runs"
-            runs = [r for r in self.of(variant, "search") if any(k in r.data.metrics for k in DIAG_KEYS)]
+            # trials that ran their full budget: an ASHA-stopped trial's errors are those of a
+            # partly trained model and would read as high bias
+            source = "completed search runs"
+            runs = [r for r in self.of(variant, "search") if any(k in r.data.metrics for k in DIAG_KEYS)
+                    and r.data.tags.get(T.TRIAL_STATUS) == T.COMPLETED]
         if not runs:
             return None
 

@@ -159,7 +159,7 @@ def test_single_variant_without_repeats(tmp_path: Path, _empty_store: Path) -> N
     runs = fake.client.search_runs([fake.experiment_id], "tags.`sweep.trial_status` = 'completed'")
     best = max(runs, key=lambda r: r.data.metrics["val_accuracy"])
     assert v.mean == pytest.approx(best.data.metrics["test_accuracy"])
-    assert v.bias_variance is not None and v.bias_variance.source == "search runs"
+    assert v.bias_variance is not None and v.bias_variance.source == "completed search runs"
     assert "seeds" not in [f.name for f in rep.figures]
     assert any("No repeat runs" in n for n in rep.notes)
     assert rep.budget.repeat_by_status == {}
