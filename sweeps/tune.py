@@ -25,6 +25,7 @@ import platform
 import secrets
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,6 +294,14 @@ def _constants_only(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
     return {k: v for k, v in chosen.items() if k not in trial.params}
 
 
+def count_statuses(outcomes: Iterable[tuple[TrialStatus, int | None, str | None]]) -> dict[TrialStatus, int]:
+    """How many trials ended each way."""
+    counts = dict.fromkeys(TrialStatus, 0)
+    for status, _, _ in outcomes:
+        counts[status] += 1
+    return counts
+
+
 # ---- progress and outcomes, on the driver -----------------------------------------------------
 class _SweepCallback(tune.Callback):
     def __init__(self, spec: SweepSpec, sink: ProgressSink, total: int | None = None, stage: str = "search"):
@@ -323,7 +332,7 @@ class _SweepCallback(tune.Callback):
         if self.sink is None:
             return
         best = self.best_completed or self.best
-        counts = {s: sum(1 for o in self.outcomes.values() if o[0] is s) for s in TrialStatus}
+        counts = count_statuses(self.outcomes.values())
         self.sink.update(SweepSnapshot(
             name=self.spec.name, metric=self.metric, goal=self.spec.metric.goal,
             total=self.total, completed=counts[TrialStatus.COMPLETED],
@@ -480,18 +489,16 @@ def run_sweep(
                 summaries.extend(summarize_repeats(tracker, spec, variant))
         main_search = searches.get(spec.baseline()) or next(iter(searches.values()), None)
         best_tags = _best_tags(tracker, spec, main_search, summaries) if main_search else {}
-        tracker.log_metrics({f"trials_{s.value}": sum(1 for o in outcomes.values() if o[0] is s)
-                             for s in TrialStatus})
+        tracker.log_metrics({f"trials_{s.value}": n for s, n in count_statuses(outcomes.values()).items()})
         tracker.finish(status, best_tags)
 
     search = main_search or _SweepCallback(spec, sink)
     best_cfg = search.best_completed or search.best
+    searched = count_statuses(o for cb in searches.values() for o in cb.outcomes.values())
     snapshot = SweepSnapshot(
         name=spec.name, metric=spec.metric.name, goal=spec.metric.goal, total=spec.total_trials(),
-        completed=sum(1 for cb in searches.values() for o in cb.outcomes.values() if o[0] is TrialStatus.COMPLETED),
-        stopped_early=sum(1 for cb in searches.values() for o in cb.outcomes.values()
-                          if o[0] is TrialStatus.STOPPED_EARLY),
-        failed=sum(1 for cb in searches.values() for o in cb.outcomes.values() if o[0] is TrialStatus.FAILED),
+        completed=searched[TrialStatus.COMPLETED], stopped_early=searched[TrialStatus.STOPPED_EARLY],
+        failed=searched[TrialStatus.FAILED],
         best_value=best_cfg[0] * search.sign if best_cfg else None,
         best_trial=best_cfg[1] if best_cfg else None, best_config=best_cfg[2] if best_cfg else {},
         last_event=f"sweep {status}",

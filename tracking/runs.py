@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DB = "mlflow.db"  # the embedded store: a SQLite file in the working directory
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+MAX_PARAMS = 100  # MLflow's limit of params per log_batch call
 MAX_PARAM_LENGTH = 6000  # MLflow's limit of one param value
 
 _clients: dict[str, MlflowClient] = {}
@@ -72,6 +73,17 @@ def client_for(uri: str) -> MlflowClient:
 def _param_value(value: Any) -> str:
     text = str(value)
     return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+
+
+def log_in_batches(client: MlflowClient, run_id: str, params: Mapping[str, Any] | None = None,
+                   metrics: list[Metric] | None = None) -> None:
+    """Send params and metrics within MLflow's per-call limits (100 params, 1000 metrics)."""
+    params_list = [Param(k, _param_value(v)) for k, v in sorted((params or {}).items())]
+    for start in range(0, len(params_list), MAX_PARAMS):
+        client.log_batch(run_id, params=params_list[start : start + MAX_PARAMS])
+    metric_list = metrics or []
+    for start in range(0, len(metric_list), MAX_BATCH):
+        client.log_batch(run_id, metrics=metric_list[start : start + MAX_BATCH])
 
 
 def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -144,9 +156,7 @@ class TrialRun:
         }
         created = client.create_run(experiment_id, tags=run_tags, run_name=run_name or trial_id)
         run = cls(uri, created.info.run_id, flush_seconds)
-        params_list = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
-        for start in range(0, len(params_list), 100):
-            client.log_batch(run.run_id, params=params_list[start : start + 100])
+        log_in_batches(client, run.run_id, params=params)
         return run
 
     def log_epoch(self, metrics: Mapping[str, Any], epoch: int) -> None:
@@ -164,9 +174,10 @@ class TrialRun:
         self.flush()
 
     def flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        while self._pending:  # a batch leaves the buffer only once MLflow has taken it
+            batch = self._pending[:MAX_BATCH]
             self.client.log_batch(self.run_id, metrics=batch)
+            self._pending = self._pending[MAX_BATCH:]
         self._last_flush = time.monotonic()
 
     def set_tags(self, values: Mapping[str, Any]) -> None:
@@ -220,10 +231,7 @@ class SweepTracker:
             run_tags[tags.NOTE] = description
         run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=f"{self.sweep_name}-{self.sweep_id}")
         self.parent_run_id = run.info.run_id
-        if params:
-            self.client.log_batch(
-                self.parent_run_id, params=[Param(k, _param_value(v)) for k, v in sorted(params.items())]
-            )
+        log_in_batches(self.client, self.parent_run_id, params=params)
         return self.parent_run_id
 
     def log_text(self, text: str, artifact_file: str) -> None:
@@ -279,12 +287,8 @@ class SweepTracker:
         run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=name)
         run_id = run.info.run_id
         now_ms = int(time.time() * 1000)
-        params_list = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
-        metric_list = [Metric(k, v, now_ms, 0) for k, v in _finite(metrics).items()]
-        for start in range(0, max(len(params_list), 1), 100):
-            self.client.log_batch(run_id, params=params_list[start : start + 100])
-        for start in range(0, len(metric_list), MAX_BATCH):
-            self.client.log_batch(run_id, metrics=metric_list[start : start + MAX_BATCH])
+        log_in_batches(self.client, run_id, params=params,
+                       metrics=[Metric(k, v, now_ms, 0) for k, v in _finite(metrics).items()])
         self.client.set_terminated(run_id, status="FINISHED")
         return run_id
 
