@@ -152,6 +152,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         params, invalid = dict(config), e
     if ctx.variant is not None:
         extra_tags[T.VARIANT] = ctx.variant
+    extra_tags.update(_placement())
     run = TrialRun.open(
         ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, ctx.sweep_name, ctx.sweep_id,
         trial_id, params, run_name=run_name, flush_seconds=ctx.flush_seconds, extra_tags=extra_tags,
@@ -206,6 +207,12 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         # Returning normally would make Tune report a final result that nobody collects,
         # and the thread would block; end it the way Tune expects.
         raise SystemExit(0)
+
+
+def _placement() -> dict[str, str]:
+    """Where this trial runs: the Ray node, and its host name and IP."""
+    context = ray.get_runtime_context()
+    return {T.NODE_ID: context.get_node_id(), T.HOST: f"{platform.node()} ({ray.util.get_node_ip_address()})"}
 
 
 def _evaluate(result: Any, data: Dataset, ctx: TrialContext, run: TrialRun) -> dict[str, float]:
