@@ -6,6 +6,12 @@ raises :class:`StopTraining` from ``report`` and still gets the test metrics of
 the model as it stood. Early stopping within a trial (``early_stopping_patience``)
 is independent of that: it ends training by itself and records the epoch.
 
+Checkpoints: with ``checkpoint=`` the loop hands out, every ``checkpoint_every`` epochs, the
+whole training state (:func:`train_state`): weights, optimizer moments, schedule and
+early-stopping counters, the best weights kept so far, every random generator and the
+curves. ``train(..., resume=state)`` continues from it exactly: the resumed epochs are
+bit-identical to those of an uninterrupted run.
+
 One optimization step on a batch, in order:
 
 1. inputs + N(0, input_noise^2); weights + N(0, weight_noise^2) (removed again after backward)
@@ -16,11 +22,15 @@ One optimization step on a batch, in order:
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -141,6 +151,91 @@ class TrainResult:
 
 
 Report = Callable[[EpochMetrics], None]
+TrainState = dict[str, Any]  # what train_state() returns; torch.save / torch.load(weights_only=True) keep it
+Checkpoint = Callable[[TrainState], None]
+STATE_VERSION = 1
+
+
+def _generators(model: nn.Module) -> dict[str, torch.Generator | np.random.Generator]:
+    """Random generators the model's layers own (e.g. a dropout layer's), by module path."""
+    found: dict[str, torch.Generator | np.random.Generator] = {}
+    for path, module in model.named_modules():
+        for attr, value in vars(module).items():
+            if isinstance(value, (torch.Generator, np.random.Generator)):
+                found[f"{path}.{attr}"] = value
+    return found
+
+
+def _generator_state(g: torch.Generator | np.random.Generator) -> Any:
+    return g.get_state() if isinstance(g, torch.Generator) else copy.deepcopy(g.bit_generator.state)
+
+
+def _set_generator_state(g: torch.Generator | np.random.Generator, state: Any) -> None:
+    if isinstance(g, torch.Generator):
+        g.set_state(state)
+    else:
+        g.bit_generator.state = state
+
+
+@dataclass
+class _Loop:
+    """Everything that changes while training; one object so it can be saved and restored whole."""
+
+    model: nn.Sequential
+    stepper: _Stepper
+    schedule: LRSchedule
+    stopper: EarlyStopping | None
+    best: BestWeights | None
+    order: torch.Generator
+    result: TrainResult
+
+    def state(self, epoch: int) -> TrainState:
+        """A deep copy of the state after ``epoch``, safe to keep while training goes on."""
+        sched = self.schedule
+        return copy.deepcopy({
+            "version": STATE_VERSION,
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.stepper.optimizer.state_dict(),
+            "schedule": {"reductions": sched.reductions, "plateau": vars(sched._plateau)},
+            "stopper": vars(self.stopper) if self.stopper is not None else None,
+            "best": vars(self.best) if self.best is not None else None,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "order": self.order.get_state(),
+                "noise": self.stepper.noise.get_state(),
+                "model": {k: _generator_state(g) for k, g in _generators(self.model).items()},
+            },
+            "history": [asdict(m) for m in self.result.history],
+            "model_epoch": self.result.model_epoch,
+        })
+
+    def restore(self, state: TrainState) -> int:
+        """Load a :meth:`state`; returns the epoch it was taken after."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"checkpoint version {state.get('version')!r}: this trainer reads version {STATE_VERSION}")
+        self.model.load_state_dict(state["model"])
+        self.stepper.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.reductions = state["schedule"]["reductions"]
+        vars(self.schedule._plateau).update(state["schedule"]["plateau"])
+        for obj, saved in ((self.stopper, state["stopper"]), (self.best, state["best"])):
+            if (obj is None) != (saved is None):
+                raise ValueError("the checkpoint was written with other early-stopping settings than this config")
+            if obj is not None:
+                vars(obj).update(copy.deepcopy(saved))
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.order.set_state(rng["order"])
+        self.stepper.noise.set_state(rng["noise"])
+        generators = _generators(self.model)
+        if set(generators) != set(rng["model"]):
+            raise ValueError(f"the checkpoint's layer generators {sorted(rng['model'])} are not the model's "
+                             f"{sorted(generators)}")
+        for key, g in generators.items():
+            _set_generator_state(g, rng["model"][key])
+        self.result.history = [EpochMetrics(**m) for m in state["history"]]
+        self.result.model_epoch = int(state["model_epoch"])
+        return int(state["epoch"])
 
 
 @torch.inference_mode()
@@ -243,6 +338,9 @@ def train(
     *,
     threads: int | None = None,
     epoch_metrics: Callable[[nn.Module], dict[str, float]] | None = None,
+    checkpoint: Checkpoint | None = None,
+    checkpoint_every: int = 1,
+    resume: TrainState | None = None,
 ) -> TrainResult:
     """Train the built-in MLP on ``data`` and evaluate it on the test split.
 
@@ -253,6 +351,10 @@ def train(
         threads: torch intra-op threads (default: the CPUs this process may use).
         epoch_metrics: computes more metrics from the model after each epoch (e.g. the sweep's
             ``val_f1_macro``); they reach ``report`` in ``EpochMetrics.extra``.
+        checkpoint: receives the training state after every ``checkpoint_every``-th epoch,
+            before that epoch's ``report`` (so a reported epoch is never ahead of the last state).
+        checkpoint_every: epochs between checkpoints (>= 1).
+        resume: a state from ``checkpoint``; training continues with the epoch after it.
 
     Raises:
         ValueError: the config does not fit the dataset's task (checked before training).
@@ -267,6 +369,8 @@ def train(
     problems = config.task_problems(data.task, data.n_classes)
     if problems:
         raise ValueError(f"config does not fit dataset {data.name!r}: " + "; ".join(problems))
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every={checkpoint_every!r}: must be an integer >= 1")
     torch.set_num_threads(threads or default_threads())
     torch.manual_seed(config.seed)  # weight init and dropout masks
     order = torch.Generator().manual_seed(config.seed)  # data order
@@ -284,8 +388,13 @@ def train(
     min_last = 2 if config.norm == "batchnorm" else 1
     regression = data.task == "regression"
     result = TrainResult(model=model, task=data.task)
+    loop = _Loop(model, stepper, schedule, stopper, best, order, result)
+    first = 1
+    if resume is not None:
+        first = loop.restore(resume) + 1
+        logger.info("resuming training after epoch %d", first - 1)
 
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(first, config.epochs + 1):
         started = time.perf_counter()
         lr = schedule.lr(epoch)
         set_lr(stepper.optimizer, lr)
@@ -327,6 +436,8 @@ def train(
         if patience_ran_out:  # the last epoch of a run that stopped by itself: a complete run
             metrics = replace(metrics, extra={**metrics.extra, EARLY_STOPPED: 1.0})
             result.history[-1] = metrics
+        if checkpoint is not None and epoch % checkpoint_every == 0 and not patience_ran_out:
+            checkpoint(loop.state(epoch))
         if report is not None:
             try:
                 report(metrics)

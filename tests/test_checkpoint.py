@@ -1,0 +1,97 @@
+"""Checkpoint and resume in the training loop: a resumed run is the uninterrupted run, bit for bit."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+import torch
+
+from trainer import DataConfig, Dataset, MLPConfig, StopTraining, load_dataset, train
+from trainer.loop import EpochMetrics, TrainState
+
+EPOCHS = 6
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return load_dataset(DataConfig(dataset="digits", max_train_samples=300))
+
+
+def _curves(history: list[EpochMetrics]) -> list[dict[str, float]]:
+    return [{k: v for k, v in m.as_dict().items() if k != "epoch_seconds"} for m in history]
+
+
+def _roundtrip(state: TrainState) -> TrainState:
+    """Through bytes, as a checkpoint on disk is: torch.save, then the safe loader."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "plain_sgd": {"optimizer": "sgd", "lr": 0.05},
+    "everything": {
+        "optimizer": "adam", "lr": 3e-3, "dropout": 0.3, "norm": "batchnorm", "l1": 1e-5, "l2": 1e-4,
+        "input_noise": 0.05, "weight_noise": 0.01, "grad_noise": 0.01, "lr_schedule": "cosine", "warmup_epochs": 2,
+        "batch_size": 32, "batch_size_growth": 2.0, "batch_growth_every": 2,
+    },
+    "plateau_and_early_stopping": {
+        "optimizer": "momentum", "lr": 0.05, "lr_schedule": "reduce_on_plateau", "plateau_patience": 1,
+        "early_stopping_patience": 3, "restore_best_weights": True, "dropout": 0.2,
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("after", [1, 3])
+def test_resumed_training_is_the_uninterrupted_run(digits: Dataset, name: str, after: int) -> None:
+    config = MLPConfig(epochs=EPOCHS, hidden_size=24, seed=5, **CONFIGS[name])
+    straight = train(config, digits)
+
+    states: dict[int, TrainState] = {}
+
+    def crash_after(_: EpochMetrics) -> None:
+        if max(states) >= after:
+            raise StopTraining  # the worker "dies" once the checkpoint after `after` is written
+
+    first = train(config, digits, crash_after, checkpoint=lambda s: states.__setitem__(s["epoch"], s))
+    assert first.stopped_epoch == after and sorted(states) == list(range(1, after + 1))
+
+    resumed = train(config, digits, resume=_roundtrip(states[after]))
+    assert _curves(resumed.history) == _curves(straight.history)
+    assert resumed.model_epoch == straight.model_epoch
+    assert resumed.early_stopped_epoch == straight.early_stopped_epoch
+    assert resumed.test == straight.test
+    for (key, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), key
+
+
+def test_checkpoint_every_n_epochs(digits: Dataset) -> None:
+    seen: list[int] = []
+    train(MLPConfig(epochs=7, hidden_size=8), digits, checkpoint=lambda s: seen.append(s["epoch"]), checkpoint_every=3)
+    assert seen == [3, 6]
+
+
+def test_state_is_a_copy_not_a_view(digits: Dataset) -> None:
+    states: list[TrainState] = []
+    result = train(MLPConfig(epochs=3, hidden_size=8), digits, checkpoint=states.append)
+    first = states[0]["model"]
+    assert any(not torch.equal(first[k], v) for k, v in result.model.state_dict().items())
+    assert [len(s["history"]) for s in states] == [1, 2, 3]
+
+
+def test_checkpoint_every_must_be_positive(digits: Dataset) -> None:
+    with pytest.raises(ValueError, match=r"checkpoint_every=0: must be an integer >= 1"):
+        train(MLPConfig(epochs=1, hidden_size=8), digits, checkpoint=lambda s: None, checkpoint_every=0)
+
+
+def test_state_from_other_settings_is_refused(digits: Dataset) -> None:
+    states: list[TrainState] = []
+    train(MLPConfig(epochs=1, hidden_size=8), digits, checkpoint=states.append)
+    with pytest.raises(ValueError, match="other early-stopping settings"):
+        train(MLPConfig(epochs=2, hidden_size=8, early_stopping_patience=2), digits, resume=states[0])
+    with pytest.raises(ValueError, match="checkpoint version"):
+        train(MLPConfig(epochs=2, hidden_size=8), digits, resume={**states[0], "version": 99})
