@@ -112,17 +112,47 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     spec = _load(args.file, args.set)
+    source = Path(args.file).read_text(encoding="utf-8")
+    return _drive(spec, source, args.results_dir, resume=None)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from sweeps.resume import ResumeError, find_resumable
+    from tracking import resolve_tracking_uri
+
+    target = args.sweep
+    new_spec, source = None, None
+    if target.endswith((".yaml", ".yml")) or Path(target).is_file():
+        new_spec = _load(target, args.set)
+        source = Path(target).read_text(encoding="utf-8")
+        name, uri = new_spec.name, resolve_tracking_uri(args.uri or new_spec.tracking.uri)
+    else:
+        if args.set:
+            console.print(Text("--set needs the sweep FILE: `sweep resume FILE --set KEY=VALUE`", style="red"))
+            return EXIT_INVALID
+        name, uri = target, resolve_tracking_uri(args.uri)
+    try:
+        resumable = find_resumable(uri, name, new_spec, source, results_dir=args.results_dir)
+    except ResumeError as e:
+        console.print(Text(str(e), style="red"))
+        return EXIT_INVALID
+    spec = resumable.spec.model_copy(update={"tracking": resumable.spec.tracking.model_copy(update={"uri": uri})})
+    console.print(f"resuming sweep {name!r} (id {resumable.sweep_id}) from {resumable.results_dir}")
+    return _drive(spec, resumable.source_text, resumable.results_dir, resume=resumable)
+
+
+def _drive(spec: Any, source: str | None, results_dir: str, resume: Any) -> int:
     from sweeps.tune import run_sweep  # imports Ray: only once the file is known to be valid
 
-    source = Path(args.file).read_text(encoding="utf-8")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    with Live(Text(f"starting sweep {spec.name!r}…"), console=console, refresh_per_second=4,
-              transient=False) as live:
+    with Live(Text(f"{'resuming' if resume else 'starting'} sweep {spec.name!r}…"), console=console,
+              refresh_per_second=4, transient=False) as live:
         try:
             outcome = run_sweep(spec, source_text=source, progress=RichProgress(live),
-                                results_dir=args.results_dir)
+                                results_dir=results_dir, resume=resume)
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/yellow]: open trial runs were closed in MLflow")
+            console.print("[yellow]interrupted[/yellow]: open trial runs were closed in MLflow; "
+                          f"continue with: sweep resume {spec.name}")
             return EXIT_INTERRUPTED
         live.update(render_snapshot(outcome.snapshot))
     console.line()
@@ -145,6 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except Exception as e:  # noqa: BLE001 - a finished sweep stays finished; say why there is no report
             console.print(f"[yellow]no report[/yellow]: {type(e).__name__}: {e}; retry with: sweep report {outcome.sweep_id}")
     if outcome.status == "interrupted":
+        console.print(f"continue with: sweep resume {spec.name}")
         return EXIT_INTERRUPTED
     return 0 if s.completed + s.stopped_early > 0 else 1
 
@@ -190,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     with_file(p)
     p.add_argument("--results-dir", default="sweep_results", help="Ray Tune's experiment state (default: %(default)s)")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("resume", help="continue an interrupted sweep (its driver was stopped or killed)")
+    p.add_argument("sweep", help="sweep name, or its FILE (then a changed search is refused)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="with a FILE: override a key, e.g. --set resources.max_concurrent_trials=4")
+    p.add_argument("--uri", default=None, help="tracking URI (default: the file's, $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--results-dir", default=None, help="Ray Tune's experiment state (default: where the sweep kept it)")
+    p.set_defaults(func=cmd_resume)
     p = sub.add_parser("schema", help="print the sweep file's JSON Schema (for editor autocompletion)")
     p.set_defaults(func=cmd_schema)
     p = sub.add_parser("report", help="write a sweep's HTML and Markdown report (and log it to its parent run)")

@@ -237,6 +237,13 @@ class ResourcesSpec(_Frozen):
         return v
 
 
+class FaultToleranceSpec(_Frozen):
+    """Trial checkpoints and retries. A retried trial resumes into the same MLflow run."""
+
+    checkpoint_every: int = Field(1, ge=0)  # epochs between trial checkpoints (built-in trainer); 0: none
+    max_failures: int = Field(2, ge=0)  # retries of a trial whose worker died or that raised, from its last checkpoint
+
+
 class TrackingSpec(_Frozen):
     """Where trials are recorded."""
 
@@ -287,6 +294,7 @@ class SweepSpec(_Frozen):
     search: SearchSpec = SearchSpec()  # sampler, number of trials, seed
     early_stopping: EarlyStopping = NoEarlyStopping(type="none")  # ASHA across trials, or none
     resources: ResourcesSpec = ResourcesSpec()  # per-trial CPUs / GPUs and concurrency
+    fault_tolerance: FaultToleranceSpec = FaultToleranceSpec()  # trial checkpoints and retries
     tracking: TrackingSpec = TrackingSpec()  # MLflow URI and experiment
     evaluation: EvaluationSpec = EvaluationSpec()  # end-of-trial metrics, diagnosis and plots
     repeats: RepeatsSpec | None = None  # after the search: the top configurations over many seeds

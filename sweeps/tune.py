@@ -23,6 +23,8 @@ import math
 import os
 import platform
 import secrets
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Iterable
@@ -32,12 +34,14 @@ from typing import Any
 
 import optuna
 import ray
+import torch
 import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeps.progress import LoggingProgress, ProgressSink, SweepSnapshot
+from sweeps.resume import DRIVER_TAG, RESULTS_DIR_TAG, SOURCE_ARTIFACT, SPEC_ARTIFACT, ResumeTarget, driver_tag
 from sweeps.space import make_sampler, suggest
 from sweeps.spec import ASHASpec, EvaluationSpec, SweepSpec
 from sweeps.stats import Summary, summarize
@@ -56,6 +60,9 @@ logger = logging.getLogger(__name__)
 # MLflow records and cost time on every result.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter is silent at verbose=0
+# Each trial checkpoint forces a snapshot of the experiment state (CheckpointConfig(num_to_keep=1)):
+# wanted, since a resumed sweep then knows every trial; Tune's warning about it is not for our users.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # The CLI draws its own progress; these say nothing a sweep user needs.
 logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -81,6 +88,7 @@ class TrialContext:
     data_ref: Any  # ObjectRef of the Dataset
     data_config: DataConfig | None = None  # set when each seed re-draws the split (repeats.vary_split)
     variant: str | None = None  # the study variant this trial belongs to
+    checkpoint_every: int = 1  # epochs between checkpoints of the built-in trainer; 0: none
 
 
 @dataclass
@@ -125,6 +133,47 @@ class MetricNotReported(KeyError):
     """The trainer's report lacks the metric the sweep optimizes."""
 
 
+STATE_FILE = "train_state.pt"  # a trial checkpoint: the trainer's whole state (trainer.loop.train_state)
+META_FILE = "trial.json"  # ... and which MLflow run and epoch it belongs to
+
+
+class _Checkpoints:
+    """Write the trainer's state as a Tune checkpoint that travels with the epoch's report."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self._pending: str | None = None
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.discard()
+        folder = tempfile.mkdtemp(prefix="sweep-ckpt-")
+        torch.save(state, os.path.join(folder, STATE_FILE))
+        with open(os.path.join(folder, META_FILE), "w") as f:
+            json.dump({"mlflow_run_id": self.run_id, "epoch": int(state["epoch"])}, f)
+        self._pending = folder
+
+    def take(self) -> tune.Checkpoint | None:
+        """The checkpoint to report with this epoch, if one was saved since the last report."""
+        return tune.Checkpoint.from_directory(self._pending) if self._pending else None
+
+    def discard(self) -> None:
+        """Tune has copied a reported checkpoint to the trial's storage: drop the local one."""
+        if self._pending:
+            shutil.rmtree(self._pending, ignore_errors=True)
+            self._pending = None
+
+
+def _restored_checkpoint() -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The trainer state and its metadata, when Tune restarts this trial from a checkpoint."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        meta = json.loads(Path(folder, META_FILE).read_text())
+        state = torch.load(Path(folder, STATE_FILE), weights_only=True)
+    return state, meta
+
+
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Train one configuration, reporting every epoch to Tune and to the trial's MLflow run."""
     os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = THREAD_TIMEOUT_S
@@ -153,10 +202,16 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     if ctx.variant is not None:
         extra_tags[T.VARIANT] = ctx.variant
     extra_tags.update(_placement())
+    restored = _restored_checkpoint()
     run = TrialRun.open(
         ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, ctx.sweep_name, ctx.sweep_id,
         trial_id, params, run_name=run_name, flush_seconds=ctx.flush_seconds, extra_tags=extra_tags,
+        run_id=restored[1]["mlflow_run_id"] if restored else None,
     )
+    if restored:
+        run.set_tags({T.RESUMED_FROM_EPOCH: restored[1]["epoch"]})
+        logger.info("trial %s resumes run %s after epoch %s", trial_id, run.run_id, restored[1]["epoch"])
+    checkpoints = _Checkpoints(run.run_id) if builtin and ctx.checkpoint_every > 0 else None
     last_epoch = 0
     stopped_by_tune = False
     ended_itself = False  # within-trial early stopping: a complete run, whatever the scheduler says
@@ -176,10 +231,13 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         ended_itself = bool(metrics.get(EARLY_STOPPED))
         run.log_epoch({k: v for k, v in metrics.items() if k != "epoch"}, epoch=last_epoch)
         try:
-            tune.report(dict(metrics))
+            tune.report(dict(metrics), checkpoint=checkpoints.take() if checkpoints else None)
         except SystemExit:  # Tune ends a stopped trial's thread with sys.exit inside report()
             stopped_by_tune = True
             raise StopTraining from None
+        finally:
+            if checkpoints:
+                checkpoints.discard()
 
     try:
         if invalid is not None:
@@ -188,14 +246,19 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             data = _dataset(ctx, split_seed)
             hook = None if ctx.metric in epoch_metric_names(data.task) else val_metric(ctx.metric, data)
             result = train(MLPConfig(**config), data, lambda m: report(m.as_dict()), threads=ctx.threads,
-                           epoch_metrics=hook)
-            test = {**result.test, **_evaluate(result, data, ctx, run)}
+                           epoch_metrics=hook, checkpoint=checkpoints.save if checkpoints else None,
+                           checkpoint_every=max(ctx.checkpoint_every, 1), resume=restored[0] if restored else None)
+            curves = set(result.history[-1].as_dict()) if result.history else set()
+            # what the curves already hold at their epochs (e.g. val_accuracy) is not logged twice
+            test = {k: v for k, v in {**result.test, **_evaluate(result, data, ctx, run)}.items() if k not in curves}
         else:
             try:
                 test = resolve_trainer(ctx.trainer)(dict(config), report) or {}
             except StopTraining:
                 test = {}
     except BaseException as e:
+        if checkpoints:
+            checkpoints.discard()
         run.finish(TrialStatus.FAILED, reason=f"{type(e).__name__}: {e}")
         raise
     run.log_metrics(test, step=last_epoch)
@@ -212,7 +275,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 def _placement() -> dict[str, str]:
     """Where this trial runs: the Ray node, and its host name and IP."""
     context = ray.get_runtime_context()
-    return {T.NODE_ID: context.get_node_id(), T.HOST: f"{platform.node()} ({ray.util.get_node_ip_address()})"}
+    return {T.NODE_ID: context.get_node_id(), T.HOST: f"{platform.node()} ({ray.util.get_node_ip_address()})",
+            T.WORKER_PID: str(os.getpid())}
 
 
 def _evaluate(result: Any, data: Dataset, ctx: TrialContext, run: TrialRun) -> dict[str, float]:
@@ -335,6 +399,16 @@ class _SweepCallback(tune.Callback):
         # Tune pickles its callbacks with the experiment state; a live display cannot travel.
         return {**self.__dict__, "sink": None}
 
+    _STATE = ("outcomes", "last", "best", "best_completed", "completed_values")
+
+    def get_state(self) -> dict[str, Any]:
+        """What a resumed sweep needs of the trials that ended before the driver stopped."""
+        return {key: getattr(self, key) for key in self._STATE}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for key in self._STATE:
+            setattr(self, key, state[key])
+
     def _emit(self, event: str) -> None:
         if self.sink is None:
             return
@@ -411,6 +485,7 @@ def run_sweep(
     source_text: str | None = None,
     progress: ProgressSink | None = None,
     results_dir: str | Path = "sweep_results",
+    resume: ResumeTarget | None = None,
 ) -> SweepOutcome:
     """Run a validated sweep end to end and return its outcome.
 
@@ -418,26 +493,25 @@ def run_sweep(
     re-run over fresh seeds and summarized. The dataset is loaded before anything is
     recorded, so a missing data file fails without creating a run. No MLflow run is left
     RUNNING when this returns, also when the sweep is interrupted with Ctrl-C.
+
+    With ``resume`` (from :func:`sweeps.resume.find_resumable`), the interrupted execution
+    continues: same sweep id and parent run; each stage's Tune experiment is restored
+    (finished trials are not re-run; unfinished ones continue from their checkpoints into
+    their own runs); stages that had not started run now.
     """
     started = time.perf_counter()
     sink = progress or LoggingProgress()
     data = load_dataset(spec.data)
     uri = resolve_tracking_uri(spec.tracking.uri)
-    sweep_id = new_sweep_id()
+    sweep_id = resume.sweep_id if resume else new_sweep_id()
+    results_dir = resume.results_dir if resume else str(results_dir) if "://" in str(results_dir) \
+        else str(Path(results_dir).resolve())
     tracker = SweepTracker(uri, spec.experiment_name(), spec.name, sweep_id)
     resolved = spec.model_dump(mode="json")
-    parent = tracker.start(spec.description, params={
-        "search.algorithm": spec.search.algorithm, "search.trials": spec.num_trials(),
-        "search.seed": spec.search.seed, "metric": f"{spec.metric.name} ({spec.metric.goal})",
-        "early_stopping": spec.early_stopping.type, "data.dataset": spec.data.dataset,
-        "trainer": spec.trainer,
-        "repeats": f"top {spec.repeats.top_k} x {spec.repeats.seeds} seeds" if spec.repeats else "none",
-    })
-    tracker.set_tags({T.METRIC: f"{spec.metric.name}:{spec.metric.goal}"})
-    if source_text is not None:
-        tracker.log_text(source_text, "sweep.yaml")
-    tracker.log_text(yaml.safe_dump(resolved, sort_keys=False), "spec.resolved.yaml")
-    tracker.log_text(json.dumps(_environment(), indent=2), "environment.json")
+    if resume:
+        parent = tracker.reopen(resume.parent_run_id, {DRIVER_TAG: driver_tag()})
+    else:
+        parent = _start_parent(tracker, spec, source_text, resolved, results_dir)
 
     callbacks: list[_SweepCallback] = []
     searches: dict[str | None, _SweepCallback] = {}
@@ -457,12 +531,13 @@ def run_sweep(
                 max_epochs=vspec.max_epochs(), threads=max(1, int(spec.resources.cpus_per_trial)),
                 flush_seconds=spec.tracking.flush_seconds, evaluation=spec.evaluation, data_ref=data_ref,
                 data_config=spec.data if spec.repeats is not None and spec.repeats.vary_split else None,
-                variant=variant,
+                variant=variant, checkpoint_every=spec.fault_tolerance.checkpoint_every,
             )
             search = _SweepCallback(vspec, sink, stage=f"{variant}: search" if variant else "search")
             searches[variant] = search
             callbacks.append(search)
-            complete = _search(vspec, ctx, search, results_dir, sweep_id, variant) and complete
+            complete = _search(vspec, ctx, search, results_dir, sweep_id, variant, restore=resume is not None) \
+                and complete
             if not complete:
                 break
             if vspec.repeats is not None:
@@ -475,7 +550,7 @@ def run_sweep(
                      tune_config=tune.TuneConfig(num_samples=1,
                                                  max_concurrent_trials=spec.resources.max_concurrent_trials,
                                                  reuse_actors=True),
-                     param_space={REPEAT_KEY: tune.grid_search(points)})
+                     param_space={REPEAT_KEY: tune.grid_search(points)}, restore=resume is not None)
                 complete = len(repeats.outcomes) >= len(points)
                 if not complete:
                     break
@@ -491,7 +566,9 @@ def run_sweep(
             logger.warning("closed %d trial run(s) that their workers left RUNNING", closed)
         if status != "completed":
             tracker.mark_interrupted(set(outcomes))
-        elif spec.repeats is not None:
+        elif resume is not None:
+            tracker.retire_orphans(set(outcomes))
+        if status == "completed" and spec.repeats is not None:
             for variant, _ in spec.variant_specs():
                 summaries.extend(summarize_repeats(tracker, spec, variant))
         main_search = searches.get(spec.baseline()) or next(iter(searches.values()), None)
@@ -518,8 +595,27 @@ def run_sweep(
     )
 
 
-def _search(spec: SweepSpec, ctx: TrialContext, callback: _SweepCallback, results_dir: str | Path,
-            sweep_id: str, variant: str | None) -> bool:
+def _start_parent(tracker: SweepTracker, spec: SweepSpec, source_text: str | None, resolved: dict[str, Any],
+                  results_dir: str) -> str:
+    """Create the parent run with the sweep's params, its file, resolved spec and environment."""
+    parent = tracker.start(spec.description, params={
+        "search.algorithm": spec.search.algorithm, "search.trials": spec.num_trials(),
+        "search.seed": spec.search.seed, "metric": f"{spec.metric.name} ({spec.metric.goal})",
+        "early_stopping": spec.early_stopping.type, "data.dataset": spec.data.dataset,
+        "trainer": spec.trainer,
+        "repeats": f"top {spec.repeats.top_k} x {spec.repeats.seeds} seeds" if spec.repeats else "none",
+    })
+    tracker.set_tags({T.METRIC: f"{spec.metric.name}:{spec.metric.goal}", RESULTS_DIR_TAG: results_dir,
+                      DRIVER_TAG: driver_tag()})
+    if source_text is not None:
+        tracker.log_text(source_text, SOURCE_ARTIFACT)
+    tracker.log_text(yaml.safe_dump(resolved, sort_keys=False), SPEC_ARTIFACT)
+    tracker.log_text(json.dumps(_environment(), indent=2), "environment.json")
+    return parent
+
+
+def _search(spec: SweepSpec, ctx: TrialContext, callback: _SweepCallback, results_dir: str,
+            sweep_id: str, variant: str | None, restore: bool = False) -> bool:
     """The search stage of one variant; True when every trial finished."""
     es = spec.early_stopping
     scheduler = (
@@ -535,28 +631,42 @@ def _search(spec: SweepSpec, ctx: TrialContext, callback: _SweepCallback, result
         search_alg=SweepOptunaSearch(spec, study_name=name, concurrent=concurrent),
         scheduler=scheduler, num_samples=spec.num_trials(),
         max_concurrent_trials=concurrent, reuse_actors=True,
-    ))
+    ), restore=restore)
     return len(callback.outcomes) >= spec.num_trials()
 
 
-def _fit(spec: SweepSpec, ctx: TrialContext, callback: _SweepCallback, results_dir: str | Path, name: str,
-         tune_config: tune.TuneConfig, param_space: dict[str, Any] | None = None) -> None:
+def _fit(spec: SweepSpec, ctx: TrialContext, callback: _SweepCallback, results_dir: str, name: str,
+         tune_config: tune.TuneConfig, param_space: dict[str, Any] | None = None, restore: bool = False) -> None:
+    """Run one stage as a Tune experiment ``results_dir/name``; with ``restore``, continue it if it exists."""
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, ctx=ctx),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
-    tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune_config,
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=str(Path(results_dir).resolve()),
-            verbose=0,
-            callbacks=[callback],
-            failure_config=tune.FailureConfig(max_failures=0),
-        ),
-    ).fit()
+    path = f"{results_dir.rstrip('/')}/{name}"
+    if restore and tune.Tuner.can_restore(path):
+        # finished trials stay finished; unfinished ones continue from their checkpoints; errored
+        # ones already used their retries. The searcher's and our callback's state come back too.
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
+        # No public way to give a restored Tuner new callbacks (Ray 2.60): its run config is the
+        # unpickled one, whose callback has no live display; ours replaces it, and Tune restores
+        # the state it saved into ours (get_state / set_state).
+        tuner._local_tuner.get_run_config().callbacks = [callback]
+        logger.info("restored Tune experiment %s", path)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune_config,
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=results_dir,
+                verbose=0,
+                callbacks=[callback],
+                failure_config=tune.FailureConfig(max_failures=spec.fault_tolerance.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest state is all a retry needs
+            ),
+        )
+    tuner.fit()
 
 
 # ---- repeats ----------------------------------------------------------------------------------

@@ -118,6 +118,29 @@ class TrialRun:
         self.flush_seconds = flush_seconds
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
+        self._logged: set[tuple[str, int]] = set()  # (key, step) already in the run, when it is reopened
+        self.restarts = 0  # how many times this run was reopened by a retried or resumed trial
+
+    def _reopen(self, found: Run, extra_tags: Mapping[str, str]) -> None:
+        """Continue a run a retried or resumed trial left: no step is logged twice.
+
+        A resumed trial recomputes the epochs after its last checkpoint; those the run
+        already holds are skipped, so every metric keeps one value per epoch.
+        """
+        for key in found.data.metrics:
+            self._logged.update((key, m.step) for m in self.client.get_metric_history(self.run_id, key))
+        self.restarts = int(found.data.tags.get(tags.RESTARTS, "0")) + 1
+        for stale in (tags.FAILURE_REASON, tags.STOPPED_EPOCH):
+            if stale in found.data.tags:
+                self.client.delete_tag(self.run_id, stale)
+        self.set_tags({**extra_tags, tags.TRIAL_STATUS: tags.RUNNING, tags.RESTARTS: str(self.restarts)})
+        if found.info.status != "RUNNING":
+            self.client.update_run(self.run_id, status="RUNNING")
+        logger.info("reopened run %s (restart %d, %d metric steps already logged)",
+                    self.run_id, self.restarts, len(self._logged))
+
+    def _new(self, metrics: Mapping[str, Any], step: int, now_ms: int) -> list[Metric]:
+        return [Metric(k, v, now_ms, step) for k, v in _finite(metrics).items() if (k, step) not in self._logged]
 
     @classmethod
     def open(
@@ -132,18 +155,22 @@ class TrialRun:
         run_name: str | None = None,
         flush_seconds: float = 2.0,
         extra_tags: Mapping[str, str] | None = None,
+        run_id: str | None = None,
     ) -> TrialRun:
-        """Find this trial's run by its tags, or create it with its params and tags."""
+        """Find this trial's run (by ``run_id``, e.g. from a checkpoint, else by its tags),
+        or create it with its params and tags."""
         client = client_for(uri)
-        existing = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{tags.SWEEP_ID}` = '{sweep_id}' and tags.`{tags.TRIAL_ID}` = '{trial_id}'",
-            max_results=1,
-        )
+        if run_id is not None:
+            existing = [client.get_run(run_id)]
+        else:
+            existing = client.search_runs(
+                [experiment_id],
+                filter_string=f"tags.`{tags.SWEEP_ID}` = '{sweep_id}' and tags.`{tags.TRIAL_ID}` = '{trial_id}'",
+                max_results=1,
+            )
         if existing:
             run = cls(uri, existing[0].info.run_id, flush_seconds)
-            if existing[0].info.status != "RUNNING":
-                client.update_run(run.run_id, status="RUNNING")
+            run._reopen(existing[0], extra_tags or {})
             return run
         run_tags = {
             tags.PARENT_RUN_ID: parent_run_id,
@@ -161,16 +188,13 @@ class TrialRun:
 
     def log_epoch(self, metrics: Mapping[str, Any], epoch: int) -> None:
         """Buffer one epoch's metrics with ``step=epoch``; send when the buffer is due."""
-        now_ms = int(time.time() * 1000)
-        for key, value in _finite(metrics).items():
-            self._pending.append(Metric(key, value, now_ms, int(epoch)))
+        self._pending.extend(self._new(metrics, int(epoch), int(time.time() * 1000)))
         if time.monotonic() - self._last_flush >= self.flush_seconds or len(self._pending) >= MAX_BATCH:
             self.flush()
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int = 0) -> None:
         """Log metrics now (e.g. the final test metrics)."""
-        now_ms = int(time.time() * 1000)
-        self._pending.extend(Metric(k, v, now_ms, step) for k, v in _finite(metrics).items())
+        self._pending.extend(self._new(metrics, step, int(time.time() * 1000)))
         self.flush()
 
     def flush(self) -> None:
@@ -234,6 +258,38 @@ class SweepTracker:
         log_in_batches(self.client, self.parent_run_id, params=params)
         return self.parent_run_id
 
+    def reopen(self, parent_run_id: str, extra_tags: Mapping[str, str] | None = None) -> str:
+        """Continue the parent run of an interrupted execution (``sweep resume``)."""
+        self.parent_run_id = parent_run_id
+        run = self.client.get_run(parent_run_id)
+        resumes = int(run.data.tags.get(tags.RESUMES, "0")) + 1
+        self.set_tags({tags.SWEEP_STATUS: tags.RUNNING, tags.RESUMES: str(resumes), **(extra_tags or {})})
+        if run.info.status != "RUNNING":
+            self.client.update_run(parent_run_id, status="RUNNING")
+        return parent_run_id
+
+    def retire_orphans(self, known_trial_ids: set[str]) -> int:
+        """Trial runs that Tune never recorded, because the driver was killed right after they began.
+
+        The resumed sweep gave their place in the trial budget to a new trial, so they are not
+        part of the results: each is tagged failed with the reason and deleted, MLflow's soft
+        delete (``mlflow runs restore --run-id ...`` brings one back; nothing is erased).
+        """
+        count = 0
+        for run in self.child_runs():
+            if run.data.tags.get(tags.TRIAL_ID) in known_trial_ids:
+                continue
+            values = {tags.TRIAL_STATUS: tags.FAILED, tags.FAILURE_REASON:
+                      "orphaned: the sweep's driver was killed before Ray Tune recorded this trial; "
+                      "the resumed sweep ran another trial in its place"}
+            self.client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in values.items()])
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+            self.client.delete_run(run.info.run_id)
+            logger.warning("retired orphaned run %s (trial %s)", run.info.run_id, run.data.tags.get(tags.TRIAL_ID))
+            count += 1
+        return count
+
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self._parent(), text, artifact_file)
 
@@ -284,8 +340,15 @@ class SweepTracker:
         if variant is not None:
             run_tags[tags.VARIANT] = variant
         name = f"{variant}-{config_id}-summary" if variant else f"{config_id}-summary"
-        run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=name)
-        run_id = run.info.run_id
+        existing = [r for r in self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{tags.SWEEP_ID}` = '{self.sweep_id}' and "
+            f"tags.`{tags.ROLE}` = 'summary' and tags.`{tags.CONFIG_ID}` = '{config_id}'")
+            if r.data.tags.get(tags.VARIANT) == variant]
+        if existing:  # a resumed sweep that had begun its summaries: update, never duplicate
+            run_id = existing[0].info.run_id
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in run_tags.items()])
+        else:
+            run_id = self.client.create_run(self.experiment_id, tags=run_tags, run_name=name).info.run_id
         now_ms = int(time.time() * 1000)
         log_in_batches(self.client, run_id, params=params,
                        metrics=[Metric(k, v, now_ms, 0) for k, v in _finite(metrics).items()])

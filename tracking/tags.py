@@ -14,11 +14,15 @@ TRIAL_STATUS = "sweep.trial_status"  # completed | stopped_early | failed | runn
 STOPPED_EPOCH = "sweep.stopped_epoch"  # last epoch of a trial ASHA stopped
 FAILURE_REASON = "sweep.failure_reason"  # why a trial failed
 NODE_ID = "sweep.node_id"  # the Ray node that ran (or last resumed) the trial
+RESTARTS = "sweep.restarts"  # how many times a retried or resumed trial reopened this run
+RESUMED_FROM_EPOCH = "sweep.resumed_from_epoch"  # the checkpoint epoch the last restart continued after
 HOST = "sweep.host"  # that node's host name and IP
+WORKER_PID = "sweep.worker_pid"  # the process that ran (or last resumed) the trial
 BEST_TRIAL = "sweep.best_trial_id"  # on the parent: the best trial
 BEST_RUN = "sweep.best_run_id"  # on the parent: the best trial's child run
 BEST_SUMMARY_RUN = "sweep.best_summary_run_id"  # on the parent: the repeats summary of the best configuration
 METRIC = "sweep.metric"  # on the parent: the metric and goal searched
+RESUMES = "sweep.resumes"  # on the parent: how many times `sweep resume` continued this execution
 SWEEP_STATUS = "sweep.status"  # on the parent: completed | interrupted | failed
 
 PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own nesting tag

@@ -1,0 +1,169 @@
+"""Find an interrupted sweep and check that it may be resumed.
+
+``sweep resume NAME`` (or ``sweep resume FILE``) continues the newest execution of a sweep
+whose driver was interrupted or killed: same sweep id, same parent run, Tune's own state
+restored from the results folder. This module only reads MLflow and the files; the resuming
+itself is :func:`sweeps.tune.run_sweep` with ``resume=``.
+
+A changed search is refused: Optuna's study and Tune's trials were built from the stored
+spec, and mixing two search spaces in one study would make the comparison meaningless.
+What does not change the search (resources, retries, flush interval, description) may differ.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from sweeps.spec import SweepSpec
+from tracking import client_for
+from tracking import tags as T
+
+logger = logging.getLogger(__name__)
+
+SPEC_ARTIFACT = "spec.resolved.yaml"  # the resolved spec the parent run keeps
+SOURCE_ARTIFACT = "sweep.yaml"  # the file as the user wrote it
+MAY_CHANGE = ("description", "resources", "fault_tolerance", "tracking")  # blocks a resume may change
+RESULTS_DIR_TAG = "sweep.results_dir"  # on the parent: where Tune keeps the sweep's state
+DRIVER_TAG = "sweep.driver"  # on the parent: host and pid of the process driving the sweep
+
+
+class ResumeError(ValueError):
+    """The sweep cannot be resumed; the message says why and what to do instead."""
+
+
+@dataclass(frozen=True)
+class ResumeTarget:
+    """The execution to continue."""
+
+    sweep_id: str
+    parent_run_id: str
+    results_dir: str
+    spec: SweepSpec  # the stored spec (with resources etc. taken from the new file, when given)
+    source_text: str | None
+
+
+def driver_tag() -> str:
+    """This process, as recorded on the parent run (``host:pid``)."""
+    return f"{platform.node()}:{os.getpid()}"
+
+
+def _driver_alive(tag: str | None) -> bool:
+    if not tag or ":" not in tag:
+        return False
+    host, _, pid = tag.rpartition(":")
+    if host != platform.node() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"sweep" in cmdline
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, inner in value.items():
+            out.update(_flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
+        return out or {prefix: {}}
+    return {prefix: value}
+
+
+def search_changes(stored: SweepSpec, new: SweepSpec) -> list[str]:
+    """The keys whose values differ between two specs, outside the blocks a resume may change.
+
+    Example:
+        >>> a = SweepSpec(name="s", parameters={"lr": 0.1})
+        >>> search_changes(a, SweepSpec(name="s", parameters={"lr": 0.2}))
+        ['parameters.lr.value: 0.1 -> 0.2']
+        >>> search_changes(a, a.model_copy(update={"description": "other"}))
+        []
+    """
+    old_flat = {k: v for k, v in _flatten(stored.model_dump(mode="json")).items() if k.split(".")[0] not in MAY_CHANGE}
+    new_flat = {k: v for k, v in _flatten(new.model_dump(mode="json")).items() if k.split(".")[0] not in MAY_CHANGE}
+    changes = []
+    for key in sorted(set(old_flat) | set(new_flat)):
+        if old_flat.get(key, "<absent>") != new_flat.get(key, "<absent>"):
+            changes.append(f"{key}: {old_flat.get(key, '<absent>')} -> {new_flat.get(key, '<absent>')}")
+    return changes
+
+
+def _parents(client: MlflowClient, name: str) -> list[Run]:
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    return client.search_runs(
+        experiments, filter_string=f"tags.`{T.SWEEP_NAME}` = '{name}' and tags.`{T.ROLE}` = 'parent'",
+        order_by=["attributes.start_time DESC"], max_results=50,
+    )
+
+
+def _artifact_text(client: MlflowClient, run_id: str, path: str) -> str | None:
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            local = client.download_artifacts(run_id, path, folder)
+        except Exception:  # noqa: BLE001 - a missing artifact reads as None
+            return None
+        return Path(local).read_text(encoding="utf-8")
+
+
+def find_resumable(uri: str, name: str, new_spec: SweepSpec | None = None, new_source: str | None = None,
+                   results_dir: str | None = None) -> ResumeTarget:
+    """The newest execution of sweep ``name`` in ``uri``, checked for resuming.
+
+    Raises:
+        ResumeError: no such sweep; its newest execution completed; its driver still runs;
+            Tune's state is gone; or ``new_spec`` changes the search.
+    """
+    client = client_for(uri)
+    parents = _parents(client, name)
+    if not parents:
+        raise ResumeError(f"no sweep named {name!r} in {uri}: nothing to resume (start one with `sweep run FILE`)")
+    parent = parents[0]
+    t = parent.data.tags
+    sweep_id = t[T.SWEEP_ID]
+    status = t.get(T.SWEEP_STATUS, "")
+    if status == "completed":
+        raise ResumeError(f"sweep {name!r} (id {sweep_id}) completed: nothing to resume; "
+                          "`sweep run FILE` starts a new execution")
+    if parent.info.status == "RUNNING" and _driver_alive(t.get(DRIVER_TAG)):
+        raise ResumeError(f"sweep {name!r} (id {sweep_id}) is still running: its driver {t[DRIVER_TAG]} is alive; "
+                          f"stop it first (Ctrl-C, or `sweep stop` for a job)")
+    text = _artifact_text(client, parent.info.run_id, SPEC_ARTIFACT)
+    if text is None:
+        raise ResumeError(f"sweep {name!r} (id {sweep_id}): its parent run has no {SPEC_ARTIFACT}, "
+                          "so the search it ran is unknown; it cannot be resumed")
+    stored = SweepSpec.model_validate(yaml.safe_load(text))
+    spec = stored
+    if new_spec is not None:
+        changes = search_changes(stored, new_spec)
+        if changes:
+            raise ResumeError(
+                f"cannot resume sweep {name!r} (id {sweep_id}) with a changed search: "
+                + "; ".join(changes[:10]) + (f"; and {len(changes) - 10} more" if len(changes) > 10 else "")
+                + f". Only {', '.join(MAY_CHANGE)} may change on resume; run the new search with `sweep run`."
+            )
+        spec = new_spec
+    folder = results_dir or t.get(RESULTS_DIR_TAG)
+    if not folder or not _exists(folder):
+        raise ResumeError(f"sweep {name!r} (id {sweep_id}): Tune's state is not at {folder!r} "
+                          "(results folder moved or deleted?); pass --results-dir")
+    source = new_source if new_source is not None else _artifact_text(client, parent.info.run_id, SOURCE_ARTIFACT)
+    logger.info("resuming sweep %s (id %s, parent run %s, status %s)", name, sweep_id, parent.info.run_id, status)
+    return ResumeTarget(sweep_id, parent.info.run_id, folder, spec, source)
+
+
+def _exists(folder: str) -> bool:
+    if "://" in folder:  # remote storage (s3://...): Tune checks it when it restores
+        return True
+    return Path(folder).is_dir()

@@ -1,0 +1,211 @@
+"""Fault tolerance through real Ray: a killed trial worker resumes from its checkpoint into
+the same MLflow run, with exactly one value per epoch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from sweeps.tune import run_sweep
+from sweeps.validate import load_spec_text
+from tracking import tags
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 14
+KILL_AFTER_EPOCH = 3
+
+SLOW_SWEEP = f"""
+name: faults
+data: {{dataset: digits}}
+metric: {{name: val_accuracy, goal: maximize}}
+parameters:
+  epochs: {EPOCHS}
+  hidden_size: 32
+  batch_size: 2            # slow epochs (~0.2 s): the worker is killed mid-trial
+  lr: {{values: [0.01, 0.02]}}
+  optimizer: sgd
+  dropout: 0.2             # masks drawn every step: the resumed run must continue their stream
+search: {{algorithm: grid}}
+resources: {{cpus_per_trial: 1, max_concurrent_trials: 2}}
+fault_tolerance: {{checkpoint_every: 1, max_failures: 1}}
+tracking: {{flush_seconds: 0}}
+"""
+
+
+class Killer(threading.Thread):
+    """SIGKILLs the worker of the first trial run that has logged KILL_AFTER_EPOCH epochs."""
+
+    def __init__(self, client: MlflowClient, experiment: str):
+        super().__init__(daemon=True)
+        self.client, self.experiment = client, experiment
+        self.killed: tuple[str, int, int] | None = None  # run id, pid, epochs logged when killed
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 240
+        while not self.done.is_set() and time.monotonic() < deadline:
+            exp = self.client.get_experiment_by_name(self.experiment)
+            runs = self.client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'") if exp else []
+            for run in runs:
+                steps = len(self.client.get_metric_history(run.info.run_id, "val_accuracy"))
+                pid = run.data.tags.get(tags.WORKER_PID)
+                if pid and KILL_AFTER_EPOCH <= steps < EPOCHS - 3:
+                    os.kill(int(pid), signal.SIGKILL)
+                    self.killed = (run.info.run_id, int(pid), steps)
+                    return
+            time.sleep(0.05)
+
+
+def test_killed_worker_resumes_into_the_same_run(ray_session, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = load_spec_text(SLOW_SWEEP, "faults.yaml", [f"tracking.uri={uri}"])
+    client = MlflowClient(uri)
+    killer = Killer(client, "faults")
+    killer.start()
+    try:
+        outcome = run_sweep(spec, results_dir=tmp_path / "results")
+    finally:
+        killer.done.set()
+        killer.join()
+    assert killer.killed is not None, "no trial ran long enough to be killed"
+    run_id, pid, steps_at_kill = killer.killed
+    assert outcome.status == "completed"
+
+    children = client.search_runs([outcome.experiment_id], f"tags.`{tags.ROLE}` = 'trial'")
+    assert len(children) == 2, "the retried trial must not get a second run"
+    assert {c.data.tags[tags.TRIAL_STATUS] for c in children} == {"completed"}
+    assert {c.info.status for c in children} == {"FINISHED"}
+
+    run = client.get_run(run_id)
+    assert run.data.tags[tags.RESTARTS] == "1"
+    assert int(run.data.tags[tags.WORKER_PID]) != pid
+    resumed_from = int(run.data.tags[tags.RESUMED_FROM_EPOCH])
+    assert 1 <= resumed_from <= steps_at_kill
+    for key in ("val_accuracy", "val_loss", "train_loss", "train_accuracy", "lr"):
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        assert sorted(steps) == list(range(1, EPOCHS + 1)), f"{key}: {sorted(steps)}"
+    assert "test_accuracy" in run.data.metrics
+
+    # the resumed trial is the uninterrupted one: same curve as a fresh run of its configuration
+    other = next(c for c in children if c.info.run_id != run_id)
+    assert other.data.tags.get(tags.RESTARTS) is None
+
+
+# ---- the driver killed mid-sweep, then `sweep resume` -----------------------------------------
+RESUMABLE_SWEEP = """
+name: resumable
+data: {dataset: digits}
+metric: {name: val_accuracy, goal: maximize}
+parameters:
+  epochs: 8
+  hidden_size: 32
+  batch_size: 4            # ~0.1 s epochs
+  lr: {distribution: log_uniform, min: 0.005, max: 0.05}
+  optimizer: sgd
+search: {algorithm: tpe, trials: 6, seed: 0}
+early_stopping: {type: asha, grace_period: 3, reduction_factor: 2}
+resources: {cpus_per_trial: 1, max_concurrent_trials: 2}
+fault_tolerance: {checkpoint_every: 1, max_failures: 1}
+tracking: {flush_seconds: 0}
+"""
+
+
+def _session_processes(session: int) -> set[int]:
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                text = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2 :].split()
+            if int(fields[3]) == session and fields[0] != "Z":
+                pids.add(int(entry))
+    return pids
+
+
+def _kill_session(session: int) -> None:
+    """SIGKILL the driver and everything in its session (its local Ray with it), as a crash would."""
+    deadline = time.monotonic() + 30
+    while (pids := _session_processes(session)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    assert not _session_processes(session), "the killed driver's processes did not go away"
+
+
+def _sweep(args: list[str], cwd: Path, env: dict[str, str], **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_killed_driver_then_sweep_resume(tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    (tmp_path / "sweep.yaml").write_text(RESUMABLE_SWEEP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(MLFLOW_TRACKING_URI=uri, RAY_USAGE_STATS_ENABLED="0",
+               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p))
+    driver = _sweep(["run", "sweep.yaml"], tmp_path, env, start_new_session=True)
+    client = MlflowClient(uri)
+    deadline = time.monotonic() + 240
+    ended = 0
+    try:
+        while time.monotonic() < deadline and driver.poll() is None:
+            exp = client.get_experiment_by_name("resumable") if db.exists() else None
+            if exp is not None:
+                runs = client.search_runs([exp.experiment_id], f"tags.`{tags.ROLE}` = 'trial'")
+                ended = sum(r.info.status != "RUNNING" for r in runs)
+                if ended >= 2 and any(r.info.status == "RUNNING" for r in runs):
+                    break
+            time.sleep(0.2)
+    finally:
+        _kill_session(driver.pid)
+    output = driver.communicate()[0]
+    assert driver.returncode == -signal.SIGKILL, f"the sweep ended before it could be killed:\n{output[-3000:]}"
+    assert 2 <= ended < 6
+
+    # a changed search is refused before anything starts
+    (tmp_path / "changed.yaml").write_text(RESUMABLE_SWEEP.replace("max: 0.05", "max: 0.5"))
+    refused = _sweep(["resume", "changed.yaml"], tmp_path, env)
+    out = refused.communicate(timeout=120)[0]
+    assert refused.returncode == 2, out
+    assert "changed search" in out and "parameters.lr.max: 0.05 -> 0.5" in out
+
+    resumed = _sweep(["resume", "resumable"], tmp_path, env)
+    out = resumed.communicate(timeout=400)[0]
+    assert resumed.returncode == 0, out[-4000:]
+    assert "resuming sweep 'resumable'" in out
+
+    exp = client.get_experiment_by_name("resumable")
+    parents = client.search_runs([exp.experiment_id], f"tags.`{tags.ROLE}` = 'parent'")
+    assert len(parents) == 1, "resume continues the same parent run"
+    assert parents[0].data.tags[tags.SWEEP_STATUS] == "completed" and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags[tags.RESUMES] == "1"
+    children = client.search_runs([exp.experiment_id], f"tags.`{tags.ROLE}` = 'trial'")
+    trial_ids = [c.data.tags[tags.TRIAL_ID] for c in children]
+    assert len(children) == 6 and len(set(trial_ids)) == 6, "exactly `trials` child runs, none duplicated"
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert {c.data.tags[tags.TRIAL_STATUS] for c in children} <= {"completed", "stopped_early"}
+    for c in children:
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")]
+        assert sorted(steps) == list(range(1, len(steps) + 1)), (c.data.tags[tags.TRIAL_ID], sorted(steps))
+        assert "test_accuracy" in c.data.metrics
+
+    again = _sweep(["resume", "resumable"], tmp_path, env)
+    out = again.communicate(timeout=120)[0]
+    assert again.returncode == 2 and "nothing to resume" in out
