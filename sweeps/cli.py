@@ -141,7 +141,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _drive(spec, resumable.source_text, resumable.results_dir, resume=resumable)
 
 
-def _drive(spec: Any, source: str | None, results_dir: str, resume: Any) -> int:
+def _drive(spec: Any, source: str | None, results_dir: str | None, resume: Any) -> int:
     from sweeps.tune import run_sweep  # imports Ray: only once the file is known to be valid
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("run", help="run a sweep on this machine (local Ray, MLflow store)")
     with_file(p)
-    p.add_argument("--results-dir", default="sweep_results", help="Ray Tune's experiment state (default: %(default)s)")
+    p.add_argument("--results-dir", default=None,
+                   help="Ray Tune's experiment state and checkpoints (default: the file's storage.path, sweep_results)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("resume", help="continue an interrupted sweep (its driver was stopped or killed)")
     p.add_argument("sweep", help="sweep name, or its FILE (then a changed search is refused)")

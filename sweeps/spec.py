@@ -244,6 +244,30 @@ class FaultToleranceSpec(_Frozen):
     max_failures: int = Field(2, ge=0)  # retries of a trial whose worker died or that raised, from its last checkpoint
 
 
+class StorageSpec(_Frozen):
+    """Where Ray Tune keeps the experiment state and trial checkpoints (not the MLflow runs).
+
+    On a cluster it must be reachable from every node at the same path: a shared file
+    system (NFS, EFS) or object storage. Since Ray 2.7 Tune does not copy trial files to the head.
+    """
+
+    path: str = "sweep_results"  # a folder (relative: to the working directory) or s3://bucket/prefix
+    endpoint_url: str | None = None  # S3-compatible stores (MinIO, Ceph): e.g. http://minio:9000; credentials: AWS_* env
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+/?$", v):
+            raise ValueError("must be http(s)://host[:port], e.g. http://minio:9000")
+        return v
+
+    @model_validator(mode="after")
+    def _endpoint_needs_s3(self) -> StorageSpec:
+        if self.endpoint_url is not None and not self.path.startswith("s3://"):
+            raise ValueError(f"endpoint_url is for S3-compatible stores: path={self.path!r} must start with s3://")
+        return self
+
+
 class TrackingSpec(_Frozen):
     """Where trials are recorded."""
 
@@ -295,6 +319,7 @@ class SweepSpec(_Frozen):
     early_stopping: EarlyStopping = NoEarlyStopping(type="none")  # ASHA across trials, or none
     resources: ResourcesSpec = ResourcesSpec()  # per-trial CPUs / GPUs and concurrency
     fault_tolerance: FaultToleranceSpec = FaultToleranceSpec()  # trial checkpoints and retries
+    storage: StorageSpec = StorageSpec()  # Tune's experiment state and checkpoints (shared on clusters)
     tracking: TrackingSpec = TrackingSpec()  # MLflow URI and experiment
     evaluation: EvaluationSpec = EvaluationSpec()  # end-of-trial metrics, diagnosis and plots
     repeats: RepeatsSpec | None = None  # after the search: the top configurations over many seeds

@@ -484,7 +484,7 @@ def run_sweep(
     *,
     source_text: str | None = None,
     progress: ProgressSink | None = None,
-    results_dir: str | Path = "sweep_results",
+    results_dir: str | Path | None = None,
     resume: ResumeTarget | None = None,
 ) -> SweepOutcome:
     """Run a validated sweep end to end and return its outcome.
@@ -504,8 +504,8 @@ def run_sweep(
     data = load_dataset(spec.data)
     uri = resolve_tracking_uri(spec.tracking.uri)
     sweep_id = resume.sweep_id if resume else new_sweep_id()
-    results_dir = resume.results_dir if resume else str(results_dir) if "://" in str(results_dir) \
-        else str(Path(results_dir).resolve())
+    results_dir = resume.results_dir if resume else _absolute(str(results_dir or spec.storage.path))
+    storage = Storage.of(results_dir, spec.storage.endpoint_url)
     tracker = SweepTracker(uri, spec.experiment_name(), spec.name, sweep_id)
     resolved = spec.model_dump(mode="json")
     if resume:
@@ -536,7 +536,7 @@ def run_sweep(
             search = _SweepCallback(vspec, sink, stage=f"{variant}: search" if variant else "search")
             searches[variant] = search
             callbacks.append(search)
-            complete = _search(vspec, ctx, search, results_dir, sweep_id, variant, restore=resume is not None) \
+            complete = _search(vspec, ctx, search, storage, sweep_id, variant, restore=resume is not None) \
                 and complete
             if not complete:
                 break
@@ -546,7 +546,7 @@ def run_sweep(
                                          stage=f"{variant}: repeats" if variant else "repeats")
                 callbacks.append(repeats)
                 suffix = f"-{variant}" if variant else ""
-                _fit(vspec, ctx, repeats, results_dir, f"{spec.name}-{sweep_id}{suffix}-repeats",
+                _fit(vspec, ctx, repeats, storage, f"{spec.name}-{sweep_id}{suffix}-repeats",
                      tune_config=tune.TuneConfig(num_samples=1,
                                                  max_concurrent_trials=spec.resources.max_concurrent_trials,
                                                  reuse_actors=True),
@@ -614,7 +614,7 @@ def _start_parent(tracker: SweepTracker, spec: SweepSpec, source_text: str | Non
     return parent
 
 
-def _search(spec: SweepSpec, ctx: TrialContext, callback: _SweepCallback, results_dir: str,
+def _search(spec: SweepSpec, ctx: TrialContext, callback: _SweepCallback, storage: Storage,
             sweep_id: str, variant: str | None, restore: bool = False) -> bool:
     """The search stage of one variant; True when every trial finished."""
     es = spec.early_stopping
@@ -626,7 +626,7 @@ def _search(spec: SweepSpec, ctx: TrialContext, callback: _SweepCallback, result
     concurrent = spec.resources.max_concurrent_trials
     name = f"{spec.name}-{sweep_id}" + (f"-{variant}" if variant else "")
     # each variant gets the same budget and search seed, in its own study: a fair comparison
-    _fit(spec, ctx, callback, results_dir, name, tune_config=tune.TuneConfig(
+    _fit(spec, ctx, callback, storage, name, tune_config=tune.TuneConfig(
         metric=spec.metric.name, mode=spec.metric.mode,
         search_alg=SweepOptunaSearch(spec, study_name=name, concurrent=concurrent),
         scheduler=scheduler, num_samples=spec.num_trials(),
@@ -635,18 +635,54 @@ def _search(spec: SweepSpec, ctx: TrialContext, callback: _SweepCallback, result
     return len(callback.outcomes) >= spec.num_trials()
 
 
-def _fit(spec: SweepSpec, ctx: TrialContext, callback: _SweepCallback, results_dir: str, name: str,
+def _absolute(path: str) -> str:
+    """Local folders are made absolute (workers run elsewhere); URIs stay as they are."""
+    return path if "://" in path else str(Path(path).resolve())
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Tune's ``storage_path`` and, for S3-compatible stores, the file system that reaches them."""
+
+    uri: str  # what the user gave (absolute folder or s3://bucket/prefix): recorded on the parent run
+    path: str  # the path Tune gets
+    filesystem: Any = None  # pyarrow.fs.FileSystem, or None: Tune resolves the path itself
+
+    @classmethod
+    def of(cls, uri: str, endpoint_url: str | None = None) -> Storage:
+        """``s3://`` with an endpoint goes through a path-style S3 client for that endpoint.
+
+        Credentials come from the standard AWS variables (``AWS_ACCESS_KEY_ID``, ...), on the
+        driver and on every worker.
+        """
+        if not uri.startswith("s3://") or endpoint_url is None:
+            return cls(uri, uri)
+        from urllib.parse import urlparse
+
+        from pyarrow import fs
+
+        endpoint = urlparse(endpoint_url)
+        s3 = fs.S3FileSystem(endpoint_override=endpoint.netloc, scheme=endpoint.scheme,
+                             region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+        return cls(uri, uri[len("s3://"):].rstrip("/"), s3)
+
+    def experiment(self, name: str) -> str:
+        return f"{self.path.rstrip('/')}/{name}"
+
+
+def _fit(spec: SweepSpec, ctx: TrialContext, callback: _SweepCallback, storage: Storage, name: str,
          tune_config: tune.TuneConfig, param_space: dict[str, Any] | None = None, restore: bool = False) -> None:
-    """Run one stage as a Tune experiment ``results_dir/name``; with ``restore``, continue it if it exists."""
+    """Run one stage as the Tune experiment ``name`` in ``storage``; with ``restore``, continue it if it exists."""
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, ctx=ctx),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
-    path = f"{results_dir.rstrip('/')}/{name}"
-    if restore and tune.Tuner.can_restore(path):
+    path = storage.experiment(name)
+    if restore and tune.Tuner.can_restore(path, storage_filesystem=storage.filesystem):
         # finished trials stay finished; unfinished ones continue from their checkpoints; errored
         # ones already used their retries. The searcher's and our callback's state come back too.
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                   storage_filesystem=storage.filesystem)
         # No public way to give a restored Tuner new callbacks (Ray 2.60): its run config is the
         # unpickled one, whose callback has no live display; ours replaces it, and Tune restores
         # the state it saved into ours (get_state / set_state).
@@ -659,7 +695,8 @@ def _fit(spec: SweepSpec, ctx: TrialContext, callback: _SweepCallback, results_d
             tune_config=tune_config,
             run_config=tune.RunConfig(
                 name=name,
-                storage_path=results_dir,
+                storage_path=storage.path,
+                storage_filesystem=storage.filesystem,
                 verbose=0,
                 callbacks=[callback],
                 failure_config=tune.FailureConfig(max_failures=spec.fault_tolerance.max_failures),
