@@ -247,7 +247,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             hook = None if ctx.metric in epoch_metric_names(data.task) else val_metric(ctx.metric, data)
             result = train(MLPConfig(**config), data, lambda m: report(m.as_dict()), threads=ctx.threads,
                            epoch_metrics=hook, checkpoint=checkpoints.save if checkpoints else None,
-                           checkpoint_every=max(ctx.checkpoint_every, 1), resume=restored[0] if restored else None)
+                           checkpoint_every=max(ctx.checkpoint_every, 1), resume=restored[0] if restored else None,
+                           device=_device())
             curves = set(result.history[-1].as_dict()) if result.history else set()
             # what the curves already hold at their epochs (e.g. val_accuracy) is not logged twice
             test = {k: v for k, v in {**result.test, **_evaluate(result, data, ctx, run)}.items() if k not in curves}
@@ -272,11 +273,19 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         raise SystemExit(0)
 
 
+def _device() -> str | None:
+    """The GPU Ray assigned to this trial (``CUDA_VISIBLE_DEVICES`` names only it), else None: the CPU."""
+    if ray.get_gpu_ids() and torch.cuda.is_available():
+        return "cuda"
+    return None
+
+
 def _placement() -> dict[str, str]:
     """Where this trial runs: the Ray node, and its host name and IP."""
     context = ray.get_runtime_context()
+    gpus = ",".join(str(g) for g in ray.get_gpu_ids())
     return {T.NODE_ID: context.get_node_id(), T.HOST: f"{platform.node()} ({ray.util.get_node_ip_address()})",
-            T.WORKER_PID: str(os.getpid())}
+            T.WORKER_PID: str(os.getpid()), T.DEVICE: f"cuda (GPU {gpus})" if _device() else "cpu"}
 
 
 def _evaluate(result: Any, data: Dataset, ctx: TrialContext, run: TrialRun) -> dict[str, float]:

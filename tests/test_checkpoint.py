@@ -95,3 +95,19 @@ def test_state_from_other_settings_is_refused(digits: Dataset) -> None:
         train(MLPConfig(epochs=2, hidden_size=8, early_stopping_patience=2), digits, resume=states[0])
     with pytest.raises(ValueError, match="checkpoint version"):
         train(MLPConfig(epochs=2, hidden_size=8), digits, resume={**states[0], "version": 99})
+
+
+def test_explicit_cpu_device_is_the_default_path(digits: Dataset) -> None:
+    config = MLPConfig(epochs=3, hidden_size=16, dropout=0.2, seed=3)
+    default, cpu = train(config, digits), train(config, digits, device="cpu")
+    assert _curves(default.history) == _curves(cpu.history) and default.test == cpu.test
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the GPU path of Ray trials)")
+def test_gpu_training_matches_the_cpu_run(digits: Dataset) -> None:
+    config = MLPConfig(epochs=3, hidden_size=32, seed=3, class_weight="balanced")
+    cpu, gpu = train(config, digits), train(config, digits, device="cuda")
+    assert next(gpu.model.parameters()).device.type == "cpu", "the trained model comes back to the CPU"
+    for a, b in zip(cpu.history, gpu.history):
+        assert a.val_loss == pytest.approx(b.val_loss, rel=1e-3)
+    assert gpu.predict(digits.x_test).shape[0] == len(digits.y_test)

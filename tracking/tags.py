@@ -17,6 +17,7 @@ NODE_ID = "sweep.node_id"  # the Ray node that ran (or last resumed) the trial
 RESTARTS = "sweep.restarts"  # how many times a retried or resumed trial reopened this run
 RESUMED_FROM_EPOCH = "sweep.resumed_from_epoch"  # the checkpoint epoch the last restart continued after
 HOST = "sweep.host"  # that node's host name and IP
+DEVICE = "sweep.device"  # cpu, or cuda with the GPU ids Ray assigned
 WORKER_PID = "sweep.worker_pid"  # the process that ran (or last resumed) the trial
 BEST_TRIAL = "sweep.best_trial_id"  # on the parent: the best trial
 BEST_RUN = "sweep.best_run_id"  # on the parent: the best trial's child run

@@ -202,6 +202,7 @@ class _Loop:
             "best": vars(self.best) if self.best is not None else None,
             "rng": {
                 "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
                 "order": self.order.get_state(),
                 "noise": self.stepper.noise.get_state(),
                 "model": {k: _generator_state(g) for k, g in _generators(self.model).items()},
@@ -225,6 +226,8 @@ class _Loop:
                 vars(obj).update(copy.deepcopy(saved))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         self.order.set_state(rng["order"])
         self.stepper.noise.set_state(rng["noise"])
         generators = _generators(self.model)
@@ -299,6 +302,8 @@ class _Stepper:
         self.optimizer = build_optimizer(config, self.params, decayed=self.penalized)
         self.decay = DecoupledWeightDecay.for_config(config, self.penalized)
         weights = class_weights(config, data.y_train, data.n_classes) if data.task != "regression" else None
+        if weights is not None:
+            weights = weights.to(self.params[0].device)
         self.loss_fn = TrainingLoss(config, data.task, weights)
         self.noise = torch.Generator().manual_seed(config.seed + 1_000_003)  # independent of masks and order
         self.weight_noise = (
@@ -341,6 +346,7 @@ def train(
     checkpoint: Checkpoint | None = None,
     checkpoint_every: int = 1,
     resume: TrainState | None = None,
+    device: str | torch.device | None = None,
 ) -> TrainResult:
     """Train the built-in MLP on ``data`` and evaluate it on the test split.
 
@@ -355,6 +361,10 @@ def train(
             before that epoch's ``report`` (so a reported epoch is never ahead of the last state).
         checkpoint_every: epochs between checkpoints (>= 1).
         resume: a state from ``checkpoint``; training continues with the epoch after it.
+        device: where to train (e.g. ``"cuda"``: the GPU Ray assigned); default the CPU. The
+            weights are initialized on the CPU from the seed, the data is copied to the device
+            once, and the trained model comes back to the CPU, so what follows (evaluation,
+            plots) is the same on every device.
 
     Raises:
         ValueError: the config does not fit the dataset's task (checked before training).
@@ -374,10 +384,13 @@ def train(
     torch.set_num_threads(threads or default_threads())
     torch.manual_seed(config.seed)  # weight init and dropout masks
     order = torch.Generator().manual_seed(config.seed)  # data order
-    x, y = data.x_train, data.y_train
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    on_cpu = device.type == "cpu"
+    x, y = data.x_train.to(device), data.y_train.to(device)
+    x_val, y_val = data.x_val.to(device), data.y_val.to(device)
     n = len(x)
     bias = output_bias_prior(data.task, y, data.n_outputs) if config.output_bias_prior else None
-    model = build_mlp(config, data.n_features, data.n_outputs, bias)
+    model = build_mlp(config, data.n_features, data.n_outputs, bias).to(device)
     stepper = _Stepper(config, model, data)
     schedule = LRSchedule(config)
     stopper = (
@@ -400,7 +413,9 @@ def train(
         set_lr(stepper.optimizer, lr)
         batch_size = config.batch_size_at(epoch)
         model.train()
-        perm = torch.randperm(n, generator=order)
+        perm = torch.randperm(n, generator=order)  # on the CPU: the same order on every device
+        if not on_cpu:
+            perm = perm.to(device)
         xs, ys = x[perm], y[perm]  # one gather per epoch; batches are contiguous slices
         loss_sum = torch.zeros((), dtype=torch.float64)
         score = torch.zeros((), dtype=torch.float64)  # correct predictions, or the squared error
@@ -417,7 +432,7 @@ def train(
         train_loss = float(loss_sum) / n
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"epoch {epoch}: training loss is {train_loss} (lr={lr:g})")
-        val = evaluate(model, data.x_val, data.y_val, data.task, config)
+        val = evaluate(model, x_val, y_val, data.task, config)
         extra = (
             {"train_mse": float(score) / n, "val_mse": val["mse"], "val_mae": val["mae"]} if regression
             else {"train_accuracy": float(score) / n, "val_accuracy": val["accuracy"]}
@@ -453,6 +468,8 @@ def train(
     if best is not None and best.epoch:
         best.restore(model)
         result.model_epoch = best.epoch
-    test = evaluate(model, data.x_test, data.y_test, data.task, config)
+    test = evaluate(model, data.x_test.to(device), data.y_test.to(device), data.task, config)
+    if not on_cpu:
+        result.model = model.cpu()
     result.test = {f"test_{k}": v for k, v in test.items()}
     return result

@@ -20,8 +20,10 @@ EVAL_CHUNK = 8192  # rows per forward pass when evaluating a whole split
 def _chunked(module: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device  # a model on a GPU gets its chunks there; outputs come back
     try:
-        return torch.cat([module(x[s : s + EVAL_CHUNK]) for s in range(0, max(len(x), 1), EVAL_CHUNK)])
+        return torch.cat([module(x[s : s + EVAL_CHUNK].to(device)).to(x.device)
+                          for s in range(0, max(len(x), 1), EVAL_CHUNK)])
     finally:
         model.train(was_training)
 

@@ -64,7 +64,7 @@ class WeightNoise:
     def perturb(self) -> None:
         self._clean = [w.clone() for w in self.weights]
         for w in self.weights:
-            w.add_(torch.randn(w.shape, generator=self.generator), alpha=self.sigma)
+            w.add_(torch.randn(w.shape, generator=self.generator).to(w.device), alpha=self.sigma)
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -77,7 +77,7 @@ def add_gradient_noise(params: Sequence[torch.Tensor], sigma: float, generator: 
     """g += N(0, sigma^2), independently per element."""
     for p in params:
         if p.grad is not None:
-            p.grad.add_(torch.randn(p.grad.shape, generator=generator), alpha=sigma)
+            p.grad.add_(torch.randn(p.grad.shape, generator=generator).to(p.device), alpha=sigma)
 
 
 class EarlyStopping:
