@@ -274,6 +274,8 @@ class TrackingSpec(_Frozen):
     uri: str | None = None  # MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db
     experiment: str | None = None  # MLflow experiment; default: the sweep name
     flush_seconds: float = Field(2.0, ge=0)  # per-epoch metrics are batched and sent at most this often
+    # how long a trial rides out an unreachable tracking server (training goes on, metrics wait) before it fails
+    retry_seconds: float = Field(600.0, ge=0)
 
 
 class EvaluationSpec(_Frozen):

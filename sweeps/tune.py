@@ -48,11 +48,12 @@ from sweeps.stats import Summary, summarize
 from sweeps.validate import resolve_trainer
 from tracking import SweepTracker, TrialRun, TrialStatus, resolve_tracking_uri
 from tracking import tags as T
+from tracking.outage import ServerRetry
 from tracking.artifacts import log_files, trial_artifacts
 from trainer import DataConfig, Dataset, MLPConfig, StopTraining, load_dataset, train
 from trainer.diagnosis import DiagnosisThresholds
 from trainer.evaluation import evaluate_trial, val_metric
-from trainer.loop import EARLY_STOPPED, epoch_metric_names
+from trainer.loop import EARLY_STOPPED, EpochMetrics, epoch_metric_names
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class TrialContext:
     data_config: DataConfig | None = None  # set when each seed re-draws the split (repeats.vary_split)
     variant: str | None = None  # the study variant this trial belongs to
     checkpoint_every: int = 1  # epochs between checkpoints of the built-in trainer; 0: none
+    retry_seconds: float = 600.0  # how long a trial waits for an unreachable tracking server
 
 
 @dataclass
@@ -206,10 +208,13 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     run = TrialRun.open(
         ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, ctx.sweep_name, ctx.sweep_id,
         trial_id, params, run_name=run_name, flush_seconds=ctx.flush_seconds, extra_tags=extra_tags,
-        run_id=restored[1]["mlflow_run_id"] if restored else None,
+        run_id=restored[1]["mlflow_run_id"] if restored else None, retry=ServerRetry(ctx.retry_seconds),
     )
     if restored:
         run.set_tags({T.RESUMED_FROM_EPOCH: restored[1]["epoch"]})
+        # epochs the checkpoint holds but the run may lack: buffered when the worker died, or
+        # waiting out a tracking-server outage
+        run.log_history([EpochMetrics(**m).as_dict() for m in restored[0].get("history", [])])
         logger.info("trial %s resumes run %s after epoch %s", trial_id, run.run_id, restored[1]["epoch"])
     checkpoints = _Checkpoints(run.run_id) if builtin and ctx.checkpoint_every > 0 else None
     last_epoch = 0
@@ -298,7 +303,7 @@ def _evaluate(result: Any, data: Dataset, ctx: TrialContext, run: TrialRun) -> d
     kept = result.model_epoch if result.early_stopped_epoch is not None else None  # the weights kept
     files = trial_artifacts(evaluation, early_stop_epoch=kept,
                             stopped_epoch=result.stopped_epoch, embedding=ev.embedding)
-    log_files(run.client, run.run_id, files)
+    run.retry.call("log_artifacts", log_files, run.client, run.run_id, files)
     run.set_tags(evaluation.tags)
     return evaluation.metrics
 
@@ -541,6 +546,7 @@ def run_sweep(
                 flush_seconds=spec.tracking.flush_seconds, evaluation=spec.evaluation, data_ref=data_ref,
                 data_config=spec.data if spec.repeats is not None and spec.repeats.vary_split else None,
                 variant=variant, checkpoint_every=spec.fault_tolerance.checkpoint_every,
+                retry_seconds=spec.tracking.retry_seconds,
             )
             search = _SweepCallback(vspec, sink, stage=f"{variant}: search" if variant else "search")
             searches[variant] = search

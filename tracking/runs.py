@@ -22,6 +22,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.entities import Run
 
 from tracking import tags
+from tracking.outage import ServerRetry, is_unreachable, single_attempt
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ DEFAULT_DB = "mlflow.db"  # the embedded store: a SQLite file in the working dir
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 MAX_PARAMS = 100  # MLflow's limit of params per log_batch call
 MAX_PARAM_LENGTH = 6000  # MLflow's limit of one param value
+EPOCH_FLUSH_TIMEOUT_S = 15  # a flush of epoch metrics waits this long for the server, then training goes on
 
 _clients: dict[str, MlflowClient] = {}
 
@@ -111,15 +113,22 @@ class TrialRun:
         >>> sweep.finish("completed")
     """
 
-    def __init__(self, uri: str, run_id: str, flush_seconds: float = 2.0):
+    def __init__(self, uri: str, run_id: str, flush_seconds: float = 2.0, retry: ServerRetry | None = None):
         self.uri = uri
         self.run_id = run_id
         self.client = client_for(uri)
         self.flush_seconds = flush_seconds
+        self.retry = retry or ServerRetry()
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
         self._logged: set[tuple[str, int]] = set()  # (key, step) already in the run, when it is reopened
         self.restarts = 0  # how many times this run was reopened by a retried or resumed trial
+        self._unreachable_since: float | None = None  # set while epoch metrics wait for the server
+        self._next_attempt = 0.0  # monotonic time of the next deferred flush while the server is away
+        self.deferred_flushes = 0  # epoch flushes that found the server unreachable and kept their metrics
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.retry.call(what, fn, *args, **kwargs)
 
     def _reopen(self, found: Run, extra_tags: Mapping[str, str]) -> None:
         """Continue a run a retried or resumed trial left: no step is logged twice.
@@ -128,14 +137,15 @@ class TrialRun:
         already holds are skipped, so every metric keeps one value per epoch.
         """
         for key in found.data.metrics:
-            self._logged.update((key, m.step) for m in self.client.get_metric_history(self.run_id, key))
+            history = self._call("get_metric_history", self.client.get_metric_history, self.run_id, key)
+            self._logged.update((key, m.step) for m in history)
         self.restarts = int(found.data.tags.get(tags.RESTARTS, "0")) + 1
         for stale in (tags.FAILURE_REASON, tags.STOPPED_EPOCH):
             if stale in found.data.tags:
-                self.client.delete_tag(self.run_id, stale)
+                self._call("delete_tag", self.client.delete_tag, self.run_id, stale)
         self.set_tags({**extra_tags, tags.TRIAL_STATUS: tags.RUNNING, tags.RESTARTS: str(self.restarts)})
         if found.info.status != "RUNNING":
-            self.client.update_run(self.run_id, status="RUNNING")
+            self._call("update_run", self.client.update_run, self.run_id, status="RUNNING")
         logger.info("reopened run %s (restart %d, %d metric steps already logged)",
                     self.run_id, self.restarts, len(self._logged))
 
@@ -156,20 +166,22 @@ class TrialRun:
         flush_seconds: float = 2.0,
         extra_tags: Mapping[str, str] | None = None,
         run_id: str | None = None,
+        retry: ServerRetry | None = None,
     ) -> TrialRun:
         """Find this trial's run (by ``run_id``, e.g. from a checkpoint, else by its tags),
-        or create it with its params and tags."""
+        or create it with its params and tags. Waits (``retry``) while the server is unreachable."""
         client = client_for(uri)
+        retry = retry or ServerRetry()
         if run_id is not None:
-            existing = [client.get_run(run_id)]
+            existing = [retry.call("get_run", client.get_run, run_id)]
         else:
-            existing = client.search_runs(
-                [experiment_id],
+            existing = retry.call(
+                "search_runs", client.search_runs, [experiment_id],
                 filter_string=f"tags.`{tags.SWEEP_ID}` = '{sweep_id}' and tags.`{tags.TRIAL_ID}` = '{trial_id}'",
                 max_results=1,
             )
         if existing:
-            run = cls(uri, existing[0].info.run_id, flush_seconds)
+            run = cls(uri, existing[0].info.run_id, flush_seconds, retry)
             run._reopen(existing[0], extra_tags or {})
             return run
         run_tags = {
@@ -181,36 +193,92 @@ class TrialRun:
             tags.TRIAL_STATUS: tags.RUNNING,
             **(extra_tags or {}),
         }
-        created = client.create_run(experiment_id, tags=run_tags, run_name=run_name or trial_id)
-        run = cls(uri, created.info.run_id, flush_seconds)
-        log_in_batches(client, run.run_id, params=params)
+        # A create_run whose answer was lost may have created the run: look again before a retry.
+        def create() -> Run:
+            again = client.search_runs(
+                [experiment_id], max_results=1,
+                filter_string=f"tags.`{tags.SWEEP_ID}` = '{sweep_id}' and tags.`{tags.TRIAL_ID}` = '{trial_id}'")
+            return again[0] if again else client.create_run(experiment_id, tags=run_tags,
+                                                            run_name=run_name or trial_id)
+
+        created = retry.call("create_run", create)
+        run = cls(uri, created.info.run_id, flush_seconds, retry)
+        retry.call("log_params", log_in_batches, client, run.run_id, params=params)
         return run
 
     def log_epoch(self, metrics: Mapping[str, Any], epoch: int) -> None:
-        """Buffer one epoch's metrics with ``step=epoch``; send when the buffer is due."""
+        """Buffer one epoch's metrics with ``step=epoch``; send when the buffer is due.
+
+        While the server is unreachable, training goes on: the metrics stay buffered (and in
+        the trial checkpoint's curves) and are sent once it answers again.
+        """
         self._pending.extend(self._new(metrics, int(epoch), int(time.time() * 1000)))
-        if time.monotonic() - self._last_flush >= self.flush_seconds or len(self._pending) >= MAX_BATCH:
-            self.flush()
+        now = time.monotonic()
+        due = now - self._last_flush >= self.flush_seconds or len(self._pending) >= MAX_BATCH
+        if due and now >= self._next_attempt:
+            self._flush_or_defer()
+
+    def log_history(self, history: list[Mapping[str, Any]]) -> None:
+        """Log epochs of a restored checkpoint's curves that the run lacks, e.g. because the
+        worker died with them buffered or during an outage. Steps the run holds are skipped."""
+        for metrics in history:
+            epoch = int(metrics["epoch"])
+            self._pending.extend(self._new({k: v for k, v in metrics.items() if k != "epoch"}, epoch,
+                                           int(time.time() * 1000)))
+        self.flush()
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int = 0) -> None:
         """Log metrics now (e.g. the final test metrics)."""
         self._pending.extend(self._new(metrics, step, int(time.time() * 1000)))
         self.flush()
 
-    def flush(self) -> None:
+    def _send_pending(self) -> None:
         while self._pending:  # a batch leaves the buffer only once MLflow has taken it
             batch = self._pending[:MAX_BATCH]
             self.client.log_batch(self.run_id, metrics=batch)
+            self._logged.update((m.key, m.step) for m in batch)
             self._pending = self._pending[MAX_BATCH:]
         self._last_flush = time.monotonic()
 
+    def _flush_or_defer(self) -> None:
+        """One attempt to send the buffer; if the server is unreachable, keep it and go on."""
+        try:
+            with single_attempt(timeout_s=EPOCH_FLUSH_TIMEOUT_S):
+                self._send_pending()
+        except Exception as e:
+            if not is_unreachable(e):
+                raise
+            now = time.monotonic()
+            if self._unreachable_since is None:
+                self._unreachable_since = now
+                logger.warning("run %s: tracking server unreachable; %d epoch metric(s) wait in memory and "
+                               "training goes on", self.run_id, len(self._pending))
+            self.deferred_flushes += 1
+            waited = now - self._unreachable_since
+            if waited > self.retry.patience_s:
+                raise
+            self._next_attempt = now + min(self.retry.max_delay_s, max(self.retry.first_delay_s, waited / 2))
+            return
+        if self._unreachable_since is not None:
+            logger.warning("run %s: tracking server reachable again after %.1f s; buffered metrics sent",
+                           self.run_id, time.monotonic() - self._unreachable_since)
+            self._unreachable_since = None
+        self._next_attempt = 0.0
+
+    def flush(self) -> None:
+        """Send every buffered metric, waiting (``retry``) while the server is unreachable."""
+        self._call("log_batch", self._send_pending)
+        self._unreachable_since = None
+        self._next_attempt = 0.0
+
     def set_tags(self, values: Mapping[str, Any]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in values.items()])
+        self._call("set_tags", self.client.log_batch, self.run_id,
+                   tags=[RunTag(k, str(v)) for k, v in values.items()])
 
     def finish(self, status: TrialStatus, stopped_epoch: int | None = None, reason: str | None = None) -> None:
         """Flush, tag how the trial ended and close the run."""
         self.flush()
-        finish_run(self.client, self.run_id, status, stopped_epoch, reason)
+        self._call("finish_run", finish_run, self.client, self.run_id, status, stopped_epoch, reason)
 
 
 def finish_run(
