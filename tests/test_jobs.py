@@ -9,13 +9,10 @@ every Ray instance on the machine, other people's included.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +35,7 @@ from sweeps.jobs import (
     submit,
 )
 from sweeps.validate import SpecError
+from tests.servers import RAY_ENV_KEYS, free_port, ray_env, ray_start, stop_processes, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,13 +62,6 @@ parameters:
 search: {trials: 2}
 """
 
-RAY_ENV_KEYS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _parser(console: Console) -> argparse.ArgumentParser:
@@ -143,7 +134,7 @@ def test_invalid_sweep_is_refused_before_contacting_ray(tmp_path: Path, monkeypa
 def test_dead_address_is_a_connection_error(tmp_path: Path) -> None:
     good = tmp_path / "tiny.yaml"
     good.write_text(TINY_SWEEP)
-    address = f"http://127.0.0.1:{_free_port()}"
+    address = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(JobsConnectionError, match=f"cannot reach the Ray Jobs API at {address}"):
         submit(good, address, token="t")
     with pytest.raises(JobsConnectionError, match=address):
@@ -178,111 +169,26 @@ class Cluster:
     db: Path
 
 
-def _proc_stat() -> dict[int, tuple[int, int, str]]:
-    """pid -> (ppid, session id, state) for every process, from /proc."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            text = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2 :].split()
-        table[int(entry)] = (int(fields[1]), int(fields[3]), fields[0])
-    return table
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _our_processes(session: int, marker: str) -> set[int]:
-    """The processes of our cluster: those in the session `ray start` opened, everything they
-    started (job drivers open sessions of their own), and anything naming our --temp-dir."""
-    table = _proc_stat()
-    ours = {pid for pid, (_, sid, _) in table.items() if sid == session}
-    ours |= {pid for pid in table if marker in _cmdline(pid)}
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    stack = list(ours)
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in ours:
-                ours.add(child)
-                stack.append(child)
-    ours.discard(os.getpid())
-    return {pid for pid in ours if table.get(pid, (0, 0, "Z"))[2] != "Z"}
-
-
-def _stop_cluster(session: int, marker: str) -> None:
-    """SIGTERM our processes, then SIGKILL what is left after 5 s. Never `ray stop`."""
-    pids = _our_processes(session, marker)
-    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            pids = _our_processes(session, marker)
-            if not pids:
-                return
-            time.sleep(0.25)
-
-
 @pytest.fixture(scope="module")
 def cluster(_empty_store: Path) -> Iterator[Cluster]:
     """A Ray head with the dashboard on 127.0.0.1 and token auth, used by this module only."""
     base = Path(tempfile.mkdtemp(prefix="rj-", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    temp_dir = base / "ray"
     db = base / "mlflow.db"
     shutil.copyfile(_empty_store, db)
     token = secrets.token_hex(24)
-    dashboard = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in RAY_ENV_KEYS}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
-               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p))
-    cmd = [
-        sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--node-ip-address", "127.0.0.1",
-        "--port", str(_free_port()), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-        "--dashboard-port", str(dashboard), "--num-cpus", "2", "--temp-dir", str(temp_dir),
-        # every port of its own, so it never clashes with another Ray on this machine
-        "--ray-client-server-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
-        "--dashboard-agent-grpc-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
-        "--runtime-env-agent-port", str(_free_port()), "--disable-usage-stats",
-    ]
-    log = base / "ray-start.log"
+    dashboard = free_port()
     started = time.monotonic()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    session = proc.pid
+    sessions: set[int] = set()
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        rc = proc.wait(timeout=180)
-        if rc != 0:
-            pytest.fail(f"`ray start` exited with {rc}:\n{log.read_text()[-4000:]}")
-        import requests
-
-        while True:  # ray start returns once the head is up; the Jobs API may lag a little
-            try:
-                r = requests.get(f"{address}/api/version", headers={"Authorization": f"Bearer {token}"}, timeout=5)
-                if r.status_code == 200:
-                    break
-            except requests.exceptions.ConnectionError:
-                pass
-            if time.monotonic() - started > 180:
-                pytest.fail(f"the Jobs API at {address} did not answer within 180 s:\n{log.read_text()[-4000:]}")
-            time.sleep(0.5)
+        sessions.add(ray_start(base, "ray", ray_env(token), num_cpus=2, dashboard_port=dashboard))
+        # ray start returns once the head is up; the Jobs API may lag a little
+        wait_http(f"{address}/api/version", 180, "the Jobs API", base / "ray-start.log",
+                  headers={"Authorization": f"Bearer {token}"})
         print(f"\nray head at {address} up in {time.monotonic() - started:.1f} s")
         yield Cluster(address, token, f"sqlite:///{db}", db)
     finally:
-        _stop_cluster(session, str(base))
-        left = _our_processes(session, str(base))
+        left = stop_processes(sessions, str(base))
         shutil.rmtree(base, ignore_errors=True)
         assert not left, f"processes of the test cluster still running: {sorted(left)}"
 

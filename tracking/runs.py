@@ -172,14 +172,14 @@ class TrialRun:
         or create it with its params and tags. Waits (``retry``) while the server is unreachable."""
         client = client_for(uri)
         retry = retry or ServerRetry()
+        def find() -> list[Run]:
+            return client.search_runs([experiment_id], max_results=1, filter_string=(
+                f"tags.`{tags.SWEEP_ID}` = '{sweep_id}' and tags.`{tags.TRIAL_ID}` = '{trial_id}'"))
+
         if run_id is not None:
             existing = [retry.call("get_run", client.get_run, run_id)]
         else:
-            existing = retry.call(
-                "search_runs", client.search_runs, [experiment_id],
-                filter_string=f"tags.`{tags.SWEEP_ID}` = '{sweep_id}' and tags.`{tags.TRIAL_ID}` = '{trial_id}'",
-                max_results=1,
-            )
+            existing = retry.call("search_runs", find)
         if existing:
             run = cls(uri, existing[0].info.run_id, flush_seconds, retry)
             run._reopen(existing[0], extra_tags or {})
@@ -195,9 +195,7 @@ class TrialRun:
         }
         # A create_run whose answer was lost may have created the run: look again before a retry.
         def create() -> Run:
-            again = client.search_runs(
-                [experiment_id], max_results=1,
-                filter_string=f"tags.`{tags.SWEEP_ID}` = '{sweep_id}' and tags.`{tags.TRIAL_ID}` = '{trial_id}'")
+            again = find()
             return again[0] if again else client.create_run(experiment_id, tags=run_tags,
                                                             run_name=run_name or trial_id)
 
