@@ -153,7 +153,7 @@ class TrainResult:
 Report = Callable[[EpochMetrics], None]
 TrainState = dict[str, Any]  # what train_state() returns; torch.save / torch.load(weights_only=True) keep it
 Checkpoint = Callable[[TrainState], None]
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: dropout masks from the layers' own generators (rng["model"]), not torch's
 
 
 def _generators(model: nn.Module) -> dict[str, torch.Generator | np.random.Generator]:
@@ -382,7 +382,7 @@ def train(
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every={checkpoint_every!r}: must be an integer >= 1")
     torch.set_num_threads(threads or default_threads())
-    torch.manual_seed(config.seed)  # weight init and dropout masks
+    torch.manual_seed(config.seed)  # weight init (dropout layers own their mask generators)
     order = torch.Generator().manual_seed(config.seed)  # data order
     device = torch.device(device) if device is not None else torch.device("cpu")
     on_cpu = device.type == "cpu"
