@@ -336,6 +336,26 @@ class _Stepper:
         return out.detach()
 
 
+def _epoch_scores(
+    losses: list[torch.Tensor], outputs: list[torch.Tensor], bounds: list[tuple[int, int]], y: torch.Tensor,
+    task: Task,
+) -> tuple[float, float]:
+    """The epoch's training loss and accuracy (classification) or mean squared error (regression).
+
+    From the batches' mean losses l_b over n_b samples and their outputs, once per epoch (no
+    per-batch bookkeeping ops): train_loss = sum_b n_b l_b / n, in float64; accuracy = share of
+    argmax (multiclass) or logit > 0 (binary) equal to y; mse = mean (f - y)^2, in float64.
+    """
+    n = bounds[-1][1]
+    sizes = torch.tensor([end - start for start, end in bounds], dtype=torch.float64, device=y.device)
+    train_loss = float((torch.stack(losses).double() * sizes).sum()) / n
+    pred = torch.cat(outputs)
+    if task == "regression":
+        return train_loss, float((pred.double() - y.double()).square().sum()) / n
+    hits = (pred > 0) == y if task == "binary" else pred == y
+    return train_loss, float(hits.sum()) / n
+
+
 def train(
     config: MLPConfig,
     data: Dataset,
@@ -399,7 +419,10 @@ def train(
     )
     best = BestWeights() if config.restore_best_weights else None
     min_last = 2 if config.norm == "batchnorm" else 1
-    regression = data.task == "regression"
+    regression, binary = data.task == "regression", data.task == "binary"
+    # the shuffled training split, gathered into the same buffers every epoch (a fresh
+    # x[perm] costs an allocation of the whole split and its page faults, every epoch)
+    xs, ys = torch.empty_like(x), torch.empty_like(y)
     result = TrainResult(model=model, task=data.task)
     loop = _Loop(model, stepper, schedule, stopper, best, order, result)
     first = 1
@@ -416,26 +439,22 @@ def train(
         perm = torch.randperm(n, generator=order)  # on the CPU: the same order on every device
         if not on_cpu:
             perm = perm.to(device)
-        xs, ys = x[perm], y[perm]  # one gather per epoch; batches are contiguous slices
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        score = torch.zeros((), dtype=torch.float64)  # correct predictions, or the squared error
-        for start, end in batch_bounds(n, batch_size, min_last):
-            yb = ys[start:end]
-            out = stepper.step(xs[start:end], yb, lr)
-            loss_sum += stepper.loss * (end - start)
-            if regression:
-                score += (out[:, 0] - yb).square().sum()
-            elif data.task == "binary":
-                score += ((out[:, 0] > 0) == yb).sum()
-            else:
-                score += (out.argmax(dim=1) == yb).sum()
-        train_loss = float(loss_sum) / n
+        torch.index_select(x, 0, perm, out=xs)  # one gather per epoch; batches are contiguous slices
+        torch.index_select(y, 0, perm, out=ys)
+        bounds = batch_bounds(n, batch_size, min_last)
+        losses: list[torch.Tensor] = []  # each batch's mean training loss
+        outputs: list[torch.Tensor] = []  # each batch's predicted class (multiclass) or output column
+        for start, end in bounds:
+            out = stepper.step(xs[start:end], ys[start:end], lr)
+            losses.append(stepper.loss)
+            outputs.append(out[:, 0] if regression or binary else out.argmax(dim=1))
+        train_loss, score = _epoch_scores(losses, outputs, bounds, ys, data.task)
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"epoch {epoch}: training loss is {train_loss} (lr={lr:g})")
         val = evaluate(model, x_val, y_val, data.task, config)
         extra = (
-            {"train_mse": float(score) / n, "val_mse": val["mse"], "val_mae": val["mae"]} if regression
-            else {"train_accuracy": float(score) / n, "val_accuracy": val["accuracy"]}
+            {"train_mse": score, "val_mse": val["mse"], "val_mae": val["mae"]} if regression
+            else {"train_accuracy": score, "val_accuracy": val["accuracy"]}
         )
         metrics = EpochMetrics(
             epoch=epoch, train_loss=train_loss, val_loss=val["loss"], lr=lr, batch_size=batch_size,
