@@ -9,7 +9,8 @@ import torch
 
 from tests.helpers import data_gradient, initial_model, tiny
 from trainer import MLPConfig, train
-from trainer.optim import DecoupledWeightDecay, LRSchedule, build_optimizer
+from trainer.loop import _Stepper
+from trainer.optim import DecoupledWeightDecay, LRSchedule, build_optimizer, l2_fits_in_step
 
 
 def _run(config: MLPConfig, w0: list[float], steps: int) -> torch.Tensor:
@@ -97,6 +98,59 @@ def test_adam_with_decoupled_decay_equals_adamw() -> None:
 
 
 # ---- batch modes of sgd inside train() -----------------------------------------------------------
+# ---- the L2 gradient inside the optimizer's step ----------------------------------------------------
+def test_l2_in_the_step_adds_2_l2_w_to_the_gradient_of_the_penalized_parameters_only() -> None:
+    """f = 0.5 (w^2 + b^2), g = (w, b); l2 = 0.25 on w only: g_w = w + 2 0.25 w = 1.5 w.
+    sgd, eta = 0.1: w = 1 - 0.15 = 0.85, b = 1 - 0.1 = 0.9; momentum 0.9, second step:
+    v2 = 0.9 (-0.15) - 0.1 (1.5 0.85) = -0.2625, w2 = 0.5875; b: v2 = -0.09 - 0.09, b2 = 0.72."""
+    for name, steps, expected_w, expected_b in (("sgd", 1, 0.85, 0.9), ("momentum", 2, 0.5875, 0.72)):
+        w, b = torch.nn.Parameter(torch.tensor([1.0])), torch.nn.Parameter(torch.tensor([1.0]))
+        opt = build_optimizer(MLPConfig(optimizer=name, lr=0.1, momentum=0.9, l2=0.25), [w, b], l2_in_step=[w])
+        for _ in range(steps):
+            opt.zero_grad()
+            (0.5 * (w * w + b * b).sum()).backward()
+            opt.step()
+        assert w.item() == pytest.approx(expected_w) and b.item() == pytest.approx(expected_b), name
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "rmsprop", "adam"])
+@pytest.mark.parametrize("penalize_bias", [False, True])
+def test_l2_in_the_step_trains_as_the_loop_penalty_does(optimizer: str, penalize_bias: bool) -> None:
+    """The same run with the L2 gradient added by the loop (a clipping threshold that never bites
+    keeps it there) ends at the same weights. (No batchnorm: the gradient of a Linear bias before
+    it is rounding noise, which adam and rmsprop normalize into lr-sized steps.)"""
+    data = tiny(n=48)
+    config = MLPConfig(hidden_sizes=(6,), optimizer=optimizer, lr=0.01, l1=0.001, l2=0.05, epochs=3, batch_size=16,
+                       penalize_bias=penalize_bias, seed=1)
+    in_step, in_loop = config, config.model_copy(update={"clip_grad_norm": 1e9})
+    assert l2_fits_in_step(in_step) and not l2_fits_in_step(in_loop)
+    a, b = train(in_step, data, threads=1), train(in_loop, data, threads=1)
+    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    assert not torch.equal(a.model[0].weight, train(config.model_copy(update={"l2": 0.0}), data, threads=1).model[0].weight)
+
+
+@pytest.mark.parametrize(
+    "update",
+    [{"grad_noise": 0.1}, {"clip_grad_norm": 1.0}, {"weight_decay": 0.01}, {"optimizer": "adamw"}, {"l2": 0.0}],
+    ids=["grad_noise", "clipping", "decoupled_decay", "adamw", "no_l2"],
+)
+def test_l2_stays_in_the_loop_when_something_acts_between_penalty_and_step(update: dict) -> None:
+    config = MLPConfig(optimizer="adam", l2=0.1).model_copy(update=update)
+    assert not l2_fits_in_step(config)
+    with pytest.raises(ValueError, match="cannot add the L2 gradient in its step"):
+        build_optimizer(config, [torch.nn.Parameter(torch.ones(2))], l2_in_step=[])
+
+
+def test_optimizer_groups_carry_2_l2_on_the_weights() -> None:
+    config = MLPConfig(hidden_sizes=(4,), optimizer="adam", l2=0.05)
+    model = initial_model(config, tiny())
+    stepper = _Stepper(config, model, tiny())
+    groups = stepper.optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert [p.dim() for p in groups[0]["params"]] == [2, 2] and [p.dim() for p in groups[1]["params"]] == [1, 1]
+
+
 def _sgd(batch_size: int, **extra) -> MLPConfig:
     return MLPConfig(hidden_layers=0, optimizer="sgd", lr=0.5, epochs=1, batch_size=batch_size, seed=3, **extra)
 

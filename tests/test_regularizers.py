@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +12,7 @@ import trainer.loop as loop
 from tests.helpers import data_gradient, initial_model, tiny, tiny_regression
 from trainer import Dataset, MLPConfig, train
 from trainer.losses import TrainingLoss
-from trainer.model import build_mlp, penalized_parameters
+from trainer.model import InvertedDropout, build_mlp, penalized_parameters
 from trainer.regularizers import (
     EarlyStopping,
     WeightNoise,
@@ -113,6 +114,86 @@ def test_dropout_keeps_the_expectation_and_is_off_in_eval() -> None:
     assert abs(float((out == 0).float().mean()) - 0.3) < 0.01  # drop rate p
     assert abs(float(out.mean()) - 1.0) < 0.01  # E[h m / (1 - p)] = h
     assert torch.equal(dropout.eval()(x), x)
+
+
+def test_dropout_mask_is_the_16_bit_threshold_of_the_layer_generator() -> None:
+    """u: the raw PCG64 words cut into little-endian 16-bit integers; dropped where u < round(65536 p)."""
+    dropout = InvertedDropout(0.3, np.random.Generator(np.random.PCG64(7)))
+    twin = np.random.Generator(np.random.PCG64(7))
+    x = torch.ones(100, 2000)  # 200,000 elements: 50,000 words
+
+    def draw() -> np.ndarray:
+        return twin.bit_generator.random_raw(50_000).astype("<u8").view("<u2").reshape(100, 2000).astype(np.int64)
+
+    out = dropout.train()(x)
+    u = draw()
+    k = 19661  # round(0.3 * 65536) = round(19660.8)
+    assert dropout.drop_level == k and dropout.effective_p == k / 65536
+    assert (u == k).any() and (u == k - 1).any()  # the boundary is in the sample: u == k is kept
+    assert torch.equal(out == 0, torch.from_numpy(u < k))
+    assert torch.equal(out[out != 0], torch.full_like(out[out != 0], 65536 / (65536 - k)))
+    # the next batch continues the stream
+    assert torch.equal(dropout(x) == 0, torch.from_numpy(draw() < k))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.3, 0.5, 0.9])
+def test_dropout_scale_uses_the_quantized_keep_probability(p: float) -> None:
+    """E[h m / (1 - p')] = h: the scale times the keep rate 1 - p' is 1, and the sample agrees."""
+    dropout = InvertedDropout(p, np.random.Generator(np.random.PCG64(0))).train()
+    assert abs(dropout.effective_p - p) <= 2**-17
+    assert dropout.scale * (1 - dropout.effective_p) == pytest.approx(1.0, abs=1e-15)
+    out = dropout(torch.ones(1000, 1000))
+    assert float((out == 0).double().mean()) == pytest.approx(dropout.effective_p, abs=0.002)
+    assert float(out.double().mean()) == pytest.approx(1.0, abs=0.005 / (1 - p))
+
+
+def test_dropout_gradient_is_the_forward_mask() -> None:
+    dropout = InvertedDropout(0.4, np.random.Generator(np.random.PCG64(1))).train()
+    x = torch.randn(32, 50, requires_grad=True)
+    out = dropout(x)
+    out.sum().backward()
+    mask = torch.where(out != 0, dropout.scale, 0.0).float()
+    assert torch.equal(out, x.detach() * mask)
+    assert torch.equal(x.grad, mask)  # d/dx sum(x m) = m
+
+
+def test_dropout_masks_are_reproducible_from_the_seed_and_differ_between_layers() -> None:
+    config = MLPConfig(hidden_sizes=(64, 64), dropout=0.5, seed=3)
+    x = torch.ones(16, 64)
+
+    def masks(c: MLPConfig) -> list[torch.Tensor]:
+        layers = [m.train() for m in build_mlp(c, 5, 2) if isinstance(m, InvertedDropout)]
+        return [layer(x) for layer in layers for _ in range(2)]  # two batches per layer
+
+    a, b = masks(config), masks(config)
+    assert len(a) == 4 and all(torch.equal(p, q) for p, q in zip(a, b))
+    assert not torch.equal(a[0], a[1])  # the stream moves on between batches
+    assert not torch.equal(a[0], a[2])  # each layer has its own stream
+    other = masks(config.model_copy(update={"seed": 4}))
+    assert not any(torch.equal(p, q) for p, q in zip(a, other))
+
+
+def test_dropout_generators_leave_the_weight_init_alone() -> None:
+    """The masks no longer draw from torch's generator: dropout does not shift the initial weights."""
+    torch.manual_seed(0)
+    plain = build_mlp(MLPConfig(hidden_sizes=(8, 8)), 5, 2)
+    torch.manual_seed(0)
+    dropped = build_mlp(MLPConfig(hidden_sizes=(8, 8), dropout=0.3), 5, 2)
+    for p, q in zip(plain.parameters(), dropped.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_dropout_generators_are_in_the_checkpoint() -> None:
+    states: list[dict] = []
+    train(MLPConfig(hidden_sizes=(8, 8), dropout=0.2, epochs=1), tiny(), threads=1, checkpoint=states.append)
+    saved = states[0]["rng"]["model"]
+    assert sorted(saved) == ["2.generator", "5.generator"]  # Linear, ReLU, Dropout per hidden layer
+    assert all(s["bit_generator"] == "PCG64" for s in saved.values())
+
+
+def test_dropout_refuses_p_that_rounds_to_one() -> None:
+    with pytest.raises(ValueError, match="too close to 1"):
+        InvertedDropout(1 - 2**-20)
 
 
 # ---- noise -------------------------------------------------------------------------------------

@@ -98,6 +98,41 @@ def test_l2_penalty_gradient_matches_formula() -> None:
         assert torch.allclose(p.grad, expected, atol=1e-6), name
 
 
+@pytest.mark.parametrize("task", ["multiclass", "binary", "regression"])
+def test_epoch_train_metrics_weigh_batches_by_their_size(task: str) -> None:
+    """Batches of 20, 20 and 10 at a learning rate too small to move the weights: the epoch's
+    train_loss is the mean loss of the initial model over all 50 samples (sum_b n_b l_b / n), and
+    train_accuracy / train_mse are those of the initial model."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(50, 4, generator=g)
+    if task == "regression":
+        y, names = 2 * x[:, 0] - x[:, 1], ()
+    elif task == "binary":
+        y, names = (x[:, 0] > 0.3).long(), ("no", "yes")
+    else:
+        y, names = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long(), ("a", "b", "c")
+    data = Dataset("t", x, y, x[:10], y[:10], x[:10], y[:10], names, task=task)
+    config = MLPConfig(hidden_sizes=(6,), optimizer="sgd", lr=1e-9, batch_size=20, epochs=1, seed=2)
+    torch.manual_seed(config.seed)
+    model = build_mlp(config, 4, data.n_outputs)
+    with torch.no_grad():
+        out = model(x)
+    epoch = train(config, data, threads=1).history[0]
+    if task == "regression":
+        mse = float(((out[:, 0] - y) ** 2).mean())
+        assert epoch.train_loss == pytest.approx(mse, rel=1e-6)
+        assert epoch.train_mse == pytest.approx(mse, rel=1e-6)
+        return
+    if task == "binary":
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(out[:, 0], y.float())
+        accuracy = float(((out[:, 0] > 0).long() == y).double().mean())
+    else:
+        loss = torch.nn.functional.cross_entropy(out, y)
+        accuracy = float((out.argmax(1) == y).double().mean())
+    assert epoch.train_loss == pytest.approx(float(loss), rel=1e-6)
+    assert epoch.train_accuracy == accuracy and 0 < accuracy < 1
+
+
 def test_dropout_is_inverted_and_off_in_eval() -> None:
     model = build_mlp(MLPConfig(hidden_sizes=(1000,), dropout=0.5, activation="relu"), 3, 2)
     dropout = model[2]

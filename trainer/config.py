@@ -16,7 +16,8 @@ Regularizers
     - ``l1``, ``l2``: loss += l1 sum|w| + l2 sum w^2, over Linear weights (every
       parameter when ``penalize_bias``); both > 0 is the elastic net
     - ``weight_decay`` (decoupled, every optimizer): w <- w - eta lambda w before the update
-    - ``dropout`` p: inverted dropout, h <- h m / (1 - p) with m ~ Bernoulli(1 - p), training only
+    - ``dropout`` p: inverted dropout, h <- h m / (1 - p') with m ~ Bernoulli(1 - p'), training only;
+      p' = round(65536 p) / 65536 is p quantized to the 16-bit masks (|p' - p| <= 2^-17)
     - ``input_noise``, ``weight_noise``, ``grad_noise`` sigma: x + N(0, sigma^2) on inputs,
       w + N(0, sigma^2) on Linear weights during the training forward pass only, and
       g + N(0, sigma^2) on gradients (the course's N(0, 0.1) is ``grad_noise: 0.1``)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,28 +31,68 @@ def make_activation(config: MLPConfig) -> nn.Module:
     return simple[name]()
 
 
-class InvertedDropout(nn.Module):
-    """Inverted dropout: h * m / (1 - p), m ~ Bernoulli(1 - p), in training; identity in eval.
+MASK_LEVELS = 1 << 16  # dropout masks compare 16-bit uniform integers against a threshold
+_MASK_WORDS = np.dtype("<u2")  # little-endian on every platform: the same masks everywhere
+DROPOUT_STREAM = 0x64726F70  # "drop": keeps the layers' seed sequences apart from other uses of the seed
 
-    Same as ``nn.Dropout``; the mask comes from ``torch.rand(...) >= p``, which is about
-    1.5x faster on CPU than PyTorch's bernoulli-based kernel (dropout is RNG-bound there).
+
+class InvertedDropout(nn.Module):
+    """Inverted dropout: h * m / (1 - p'), m ~ Bernoulli(1 - p'), in training; identity in eval.
+
+    The mask comes from the layer's own generator ``self.generator`` (numpy PCG64), so a
+    checkpoint's RNG state holds it and a resumed run draws the same masks. Each element gets
+    a 16-bit uniform integer u (the raw 64-bit PCG64 output cut into four) and is dropped when
+    u < k, k = round(p * 65536). The drop probability is therefore quantized to
+
+        p' = k / 65536,   |p' - p| <= 2^-17,
+
+    and the kept activations are scaled by 1 / (1 - p') = 65536 / (65536 - k), so that
+    E[h m / (1 - p')] = h holds exactly (up to the float32 rounding of the scale). On CPU this
+    draws a 128 x 256 mask about 10x faster than ``torch.rand(...) >= p`` (~35 us against
+    ~380 us for mask and scale, one thread); the mask is made on the CPU and copied to ``x``'s
+    device.
+
+    Args:
+        p: the drop probability, 0 <= p < 1.
+        generator: the mask stream; default a PCG64 seeded from torch's global generator
+            (so ``torch.manual_seed`` makes it reproducible, as for ``nn.Dropout``).
+            :func:`build_mlp` passes one seeded from ``config.seed`` and the layer's index.
 
     Example:
         >>> d = InvertedDropout(0.5).eval(); x = torch.ones(3)
         >>> torch.equal(d(x), x)
         True
+        >>> InvertedDropout(0.2).effective_p
+        0.1999969482421875
     """
 
-    def __init__(self, p: float):
+    def __init__(self, p: float, generator: np.random.Generator | None = None):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout={p}: must be in [0, 1)")
         self.p = p
+        self.drop_level = round(p * MASK_LEVELS)  # k: u < k drops
+        if self.drop_level >= MASK_LEVELS:
+            raise ValueError(f"dropout={p}: too close to 1 for {MASK_LEVELS} mask levels")
+        self.effective_p = self.drop_level / MASK_LEVELS
+        self.scale = MASK_LEVELS / (MASK_LEVELS - self.drop_level)  # 1 / (1 - p')
+        if generator is None:
+            generator = np.random.Generator(np.random.PCG64(int(torch.randint(0, 2**62, ()))))
+        self.generator = generator
+
+    def mask(self, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+        """The next float32 mask of ``shape``: 1 / (1 - p') where kept, 0 where dropped."""
+        n = math.prod(shape)
+        words = self.generator.bit_generator.random_raw((n + 3) // 4).astype("<u8", copy=False)
+        u = words.view(_MASK_WORDS)[:n].reshape(shape)
+        m = (u >= self.drop_level).astype(np.float32)
+        m *= np.float32(self.scale)
+        return torch.from_numpy(m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
+        if not self.training or self.drop_level == 0:
             return x
-        return x * ((torch.rand(x.shape) >= self.p) * (1.0 / (1.0 - self.p)))
+        return x * self.mask(x.shape).to(device=x.device, dtype=x.dtype)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -83,7 +124,7 @@ def build_mlp(
     """
     layers: list[nn.Module] = []
     width_in = n_features
-    for width in config.widths():
+    for index, width in enumerate(config.widths()):
         block: list[nn.Module] = [nn.Linear(width_in, width)]
         if config.norm == "batchnorm":
             block.append(nn.BatchNorm1d(width))
@@ -91,7 +132,7 @@ def build_mlp(
             block.append(nn.LayerNorm(width))
         block.append(make_activation(config))
         if config.dropout > 0:
-            block.append(InvertedDropout(config.dropout))
+            block.append(InvertedDropout(config.dropout, dropout_generator(config.seed, index)))
         if config.residual and width == width_in:
             layers.append(Residual(nn.Sequential(*block)))
         else:
@@ -104,6 +145,14 @@ def build_mlp(
         with torch.no_grad():
             model[-1].bias.copy_(output_bias)
     return model
+
+
+def dropout_generator(seed: int, layer: int) -> np.random.Generator:
+    """The mask stream of hidden layer ``layer``'s dropout: PCG64 from SeedSequence([seed, "drop", layer]).
+
+    It does not draw from torch's generator, so adding dropout leaves the weight init unchanged.
+    """
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, DROPOUT_STREAM, layer])))
 
 
 def _gain_name(config: MLPConfig) -> tuple[str, float]:
