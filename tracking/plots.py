@@ -32,7 +32,10 @@ anew, a tick costs several artists, a legend entry a packed box of its own. So:
   data artists, renders, and removes them again, so nothing of one trial's data is
   left for the next (a test renders A, B, A and compares A's bytes). Reused, a
   figure keeps its tick artists and its renderer, whose cache knows the size of
-  every label it drew before;
+  every label it drew before; :func:`release_figures` drops them;
+- where the axes do not depend on the data (ROC / PR, confusion matrix) that static
+  part is even rendered once, and each call only draws its own artists onto a copy of
+  it (matplotlib's blitting);
 - one legend for the two panels of the ROC / PR and of the learning-curve figure
   (same colours in both), curves of all classes as one ``LineCollection`` per panel;
 - glyphs without hinting (:data:`RENDER_RC`, about half the cost of hinted ones)
@@ -102,7 +105,8 @@ PNG_COMPRESS_LEVEL = 1  # zlib level: the default 6 costs more and saves only a 
 _CURVE_GRID = np.linspace(0.0, 1.0, 201)  # where the macro-average curves are evaluated
 _UNIT_TICKS = np.linspace(0.0, 1.0, 6)  # ticks of the [0, 1] axes of ROC and PR
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_local = threading.local()
+_local = threading.local()  # this thread's kept figures
+_RENDER_LOCK = threading.Lock()  # matplotlib is not thread-safe, and RENDER_RC is set process-wide while drawing
 
 
 # --------------------------------------------------------------------------- helpers
@@ -168,7 +172,7 @@ def _skeleton(key: tuple[Any, ...], build: Build, *, blit: bool = False) -> _Ske
     if blit:
         for artist in varying:
             artist.set_visible(False)
-        with matplotlib.rc_context(RENDER_RC):
+        with _RENDER_LOCK, matplotlib.rc_context(RENDER_RC):
             canvas.draw()
         background = canvas.copy_from_bbox(fig.bbox)
         for artist in varying:
@@ -178,6 +182,15 @@ def _skeleton(key: tuple[Any, ...], build: Build, *, blit: bool = False) -> _Ske
     while len(skeletons) > SKELETON_CACHE_SIZE:
         skeletons.popitem(last=False)
     return sk
+
+
+def release_figures() -> int:
+    """Drop the figures this thread keeps for reuse (the next plot builds its figure anew).
+
+    Returns how many there were. Nothing needs it for correctness; it frees their memory.
+    """
+    skeletons = _local.__dict__.pop("skeletons", {})
+    return len(skeletons)
 
 
 def _strip(sk: _Skeleton) -> None:
@@ -204,7 +217,7 @@ def _blit(sk: _Skeleton) -> bytes:
                       key=lambda a: a.get_zorder())  # the order Figure.draw / Axes.draw use
 
     canvas = sk.fig.canvas
-    with warnings.catch_warnings(), matplotlib.rc_context(RENDER_RC):
+    with _RENDER_LOCK, warnings.catch_warnings(), matplotlib.rc_context(RENDER_RC):
         warnings.simplefilter("ignore")
         canvas.restore_region(sk.background)
         renderer = canvas.get_renderer()
@@ -219,7 +232,7 @@ def _blit(sk: _Skeleton) -> bytes:
 def _render(fig: Figure) -> bytes:
     """Draw the whole figure with Agg (glyphs unhinted, see :data:`RENDER_RC`) and encode it."""
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    with warnings.catch_warnings(), matplotlib.rc_context(RENDER_RC):
+    with _RENDER_LOCK, warnings.catch_warnings(), matplotlib.rc_context(RENDER_RC):
         warnings.simplefilter("ignore")  # e.g. a legend without artists on a degenerate input
         canvas.draw()
     return _encode(canvas)
