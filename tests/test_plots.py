@@ -252,16 +252,17 @@ def test_roc_pr_legend_carries_exact_scikit_learn_auc_and_ap(c: int, monkeypatch
     assert roc_pr_png(y, p, NAMES[c], curves=curves) == png  # precomputed curves: the same plot
     labels = legends[0]
     m = classification_metrics(y, p, prefix="test")
+    assert plots.LEGEND_TITLE == "ROC AUC | AP"
     if c == 2:
         auc, ap = skm.roc_auc_score(y, p[:, 1]), skm.average_precision_score(y, p[:, 1])
-        assert labels[0] == f"positive: AUC {auc:.3f}, AP {ap:.3f}"
-        assert labels[-1] == f"chance (ROC diagonal; PR prevalence {np.mean(y == 1):.3f})"
+        assert labels[0] == f"positive  {auc:.3f} | {ap:.3f}"
+        assert labels[-1] == f"chance  0.500 | {np.mean(y == 1):.3f}"
     else:
         for name, label, k in zip(FASHION, labels, range(c)):
             auc = skm.roc_auc_score(y == k, p[:, k])
-            assert label == f"{name}: AUC {auc:.3f}, AP {skm.average_precision_score(y == k, p[:, k]):.3f}"
-        assert labels[c] == (f"macro average: AUC {m['test_roc_auc_ovr_macro']:.3f}, "
-                             f"AP {m['test_average_precision_macro']:.3f}")
+            assert label == f"{name}  {auc:.3f} | {skm.average_precision_score(y == k, p[:, k]):.3f}"
+        assert labels[c] == f"macro average  {m['test_roc_auc_ovr_macro']:.3f} | {m['test_average_precision_macro']:.3f}"
+        assert labels[-1] == "chance"
         assert labels == legend_entries(curves, FASHION)
     assert len(labels) == (2 if c == 2 else c + 2)  # one entry per class for both panels, macro, chance
 

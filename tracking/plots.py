@@ -104,6 +104,7 @@ RENDER_RC: dict[str, Any] = {"text.hinting": "no_hinting"}  # hinted glyphs cost
 PNG_COMPRESS_LEVEL = 1  # zlib level: the default 6 costs more and saves only a few per cent of bytes
 _CURVE_GRID = np.linspace(0.0, 1.0, 201)  # where the macro-average curves are evaluated
 _UNIT_TICKS = np.linspace(0.0, 1.0, 6)  # ticks of the [0, 1] axes of ROC and PR
+LEGEND_TITLE = "ROC AUC | AP"  # the ROC / PR legend's entries read "name  AUC | AP"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _local = threading.local()  # this thread's kept figures
 _RENDER_LOCK = threading.Lock()  # matplotlib is not thread-safe, and RENDER_RC is set process-wide while drawing
@@ -222,9 +223,10 @@ def _blit(sk: _Skeleton) -> bytes:
         canvas.restore_region(sk.background)
         renderer = canvas.get_renderer()
         for ax in sk.axes:
-            for artist in changed(ax.get_children()):
-                artist.draw(renderer)
-        for artist in changed(sk.fig.get_children()):  # figure legends
+            if id(ax) not in sk.varying:  # a varying axes is drawn whole, below
+                for artist in changed(ax.get_children()):
+                    artist.draw(renderer)
+        for artist in changed(sk.fig.get_children()):  # figure legends, varying axes
             artist.draw(renderer)
     return _encode(canvas)
 
@@ -362,6 +364,7 @@ def _learning_curves_skeleton(has_acc: bool) -> tuple[Figure, Sequence[Axes], Se
         ax.set_xlabel("epoch")
         ax.set_ylabel(what)
         ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))  # epochs: no 1.25, 1.50...
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=6))  # 'auto' gives ~9: each tick label costs
         ax.grid(alpha=0.3)
     return fig, list(axes), []
 
@@ -541,30 +544,30 @@ def roc_pr_png(
     labels = legend_entries(shown, names, prevalence=float(np.mean(yt == 1)) if c == 2 else None)
     # Outside the panels: it hides no curve, and a fixed place needs no search for the emptiest corner.
     sk.fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.785, 0.94), borderaxespad=0.0,
-                  fontsize=7 if c > 10 else 8)
+                  fontsize=7 if c > 10 else 8, title=LEGEND_TITLE, title_fontsize=8)
     return _render_skeleton(sk)
 
 
 def legend_entries(curves: Sequence[ClassCurves], names: Sequence[str], prevalence: float | None = None) -> list[str]:
     """The ROC / PR legend's labels: one per curve, the macro average (multiclass), then chance.
 
-    AUC and AP are the curves' own, i.e. scikit-learn's ``roc_auc_score`` and
-    ``average_precision_score`` of each class, to three decimals; ``prevalence`` (binary)
-    is the PR chance level.
+    Each reads ``name  AUC | AP`` under the legend title :data:`LEGEND_TITLE` (short labels:
+    legend text is the costliest part of the figure). AUC and AP are the curves' own, i.e.
+    scikit-learn's ``roc_auc_score`` and ``average_precision_score`` of each class, to three
+    decimals; ``prevalence`` (binary) is the PR chance level.
 
     Example:
         >>> import numpy as np
         >>> from trainer.metrics import one_vs_rest_curves
         >>> y = np.array([0, 1, 1, 0, 1]); p = np.array([.2, .7, .6, .4, .3])
         >>> legend_entries(one_vs_rest_curves(y, np.column_stack([1 - p, p]), [1]), ["neg", "pos"], 0.6)
-        ['pos: AUC 0.833, AP 0.917', 'chance (ROC diagonal; PR prevalence 0.600)']
+        ['pos  0.833 | 0.917', 'chance  0.500 | 0.600']
     """
-    labels = [f"{names[cv.index]}: AUC {cv.auc:.3f}, AP {cv.ap:.3f}" for cv in curves]
+    labels = [f"{names[cv.index]}  {cv.auc:.3f} | {cv.ap:.3f}" for cv in curves]
     if prevalence is None and curves:
-        labels.append(f"macro average: AUC {np.mean([cv.auc for cv in curves]):.3f}, "
-                      f"AP {np.mean([cv.ap for cv in curves]):.3f}")
-    labels.append("chance (ROC diagonal)" if prevalence is None else
-                  f"chance (ROC diagonal; PR prevalence {prevalence:.3f})")
+        labels.append(f"macro average  {np.mean([cv.auc for cv in curves]):.3f} | "
+                      f"{np.mean([cv.ap for cv in curves]):.3f}")
+    labels.append("chance" if prevalence is None else f"chance  0.500 | {prevalence:.3f}")
     return labels
 
 
@@ -594,7 +597,7 @@ def embedding_png(
     max_points: int | None = None,
     random_state: int = 0,
 ) -> bytes:
-    """2-D view of the last hidden layer's activations, coloured by class.
+    """2-D view of the last hidden layer's activations, coloured by class (every class in the legend).
 
     ``method="pca"`` (default, milliseconds) projects onto the first two
     principal components; ``"tsne"`` runs ``sklearn.manifold.TSNE`` (seconds).
@@ -640,19 +643,16 @@ def embedding_png(
                   max_iter=500, random_state=random_state).fit_transform(h)
         axis_labels = ("t-SNE 1", "t-SNE 2")
 
-    sk = _skeleton(("embedding",), _embedding_skeleton)
+    sk = _skeleton(("embedding", tuple(names)), lambda: _embedding_skeleton(names), blit=True)
     (ax,) = sk.axes
     size = 2.0 if xy.shape[0] > 2000 else 4.0
-    for k, (name, color) in enumerate(zip(names, _colors(len(names)))):
+    for k, color in enumerate(_colors(len(names))):
         mask = labels == k
         if mask.any():  # plot() markers render faster than a scatter collection
-            ax.plot(xy[mask, 0], xy[mask, 1], ".", markersize=size, color=color, alpha=0.6, label=name)
+            ax.plot(xy[mask, 0], xy[mask, 1], ".", markersize=size, color=color, alpha=0.6)
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     ax.set_title(f"last hidden layer, {method.upper() if method == 'pca' else 't-SNE'} ({xy.shape[0]} points)")
-    # Outside the axes: no points hidden, and no costly search for the "best" corner.
-    ax.legend(fontsize=8, markerscale=3, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
-              ncol=1 if len(names) <= 20 else 2)
     return _render_skeleton(sk)
 
 
@@ -670,9 +670,15 @@ def _pca_2d(h: np.ndarray) -> tuple[np.ndarray, tuple[str, str]]:
     return xy, (f"PC1 ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%} of variance)")
 
 
-def _embedding_skeleton() -> tuple[Figure, Sequence[Axes], Sequence[Artist]]:
+def _embedding_skeleton(names: list[str]) -> tuple[Figure, Sequence[Axes], Sequence[Artist]]:
     fig = _figure(EMBEDDING_SIZE, left=0.09, right=0.78, bottom=0.08, top=0.94)
-    return fig, [fig.subplots()], []
+    ax = fig.subplots()
+    handles = [Line2D([], [], marker=".", linestyle="", markersize=7, color=color, alpha=0.6)
+               for color in _colors(len(names))]
+    # Every class, outside the axes (no point hidden) and static: rendered once, with the figure.
+    fig.legend(handles, names, fontsize=8, loc="upper left", bbox_to_anchor=(0.79, 0.94), borderaxespad=0.0,
+               ncol=1 if len(names) <= 20 else 2)
+    return fig, [ax], [ax]  # the axes (limits, ticks, points) vary: drawn whole by each call
 
 
 # --------------------------------------------------------------------------- report / regression
