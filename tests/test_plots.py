@@ -278,3 +278,15 @@ def test_pr_steps_draw_the_same_step_function_with_fewer_vertices() -> None:
             f, t = full[full[:, 0] == r, 1], thin[thin[:, 0] == r, 1]
             assert (f.min(), f.max()) == (t.min(), t.max()), r
         assert (thin[0] == full[0]).all() and (thin[-1] == full[-1]).all()
+
+
+def test_encode_png_round_trips_pixels() -> None:
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 256, size=(7, 5, 3), dtype=np.uint8)
+    png = plots.encode_png(rgb)
+    assert png_dimensions(png) == (5, 7)
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.mode == "RGB" and round(im.info["dpi"][0]) == DPI
+        assert np.array_equal(np.asarray(im), rgb)
+    assert np.array_equal((mpimg.imread(io.BytesIO(png), format="png") * 255).round().astype(np.uint8), rgb)
