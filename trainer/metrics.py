@@ -42,7 +42,9 @@ name                           task        definition (``sklearn.metrics`` funct
                                            NaN when any class is absent from y_true
 ``average_precision_macro``    both        mean_c ``average_precision_score`` (one-vs-rest, area under
                                            the PR curve as sum (R_n - R_n-1) P_n); NaN when any
-                                           class is absent from y_true
+                                           class is absent from y_true. Both ranking metrics come
+                                           from :func:`one_vs_rest_curves` (bit for bit scikit-learn's
+                                           values), whose curves the ROC / PR plot reuses
 ``top{k}_accuracy``            multiclass  ``top_k_accuracy_score(k=k)``, for each k in ``top_k`` with k < C
 ``brier``                      binary      ``brier_score_loss``: mean (p1 - y)^2
 ``roc_auc``                    binary      ``roc_auc_score`` of p1 (same value as roc_auc_ovr_macro)
