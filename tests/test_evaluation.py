@@ -110,3 +110,15 @@ def test_a_searched_evaluation_metric_is_reported_every_epoch() -> None:
     assert [round(d["epoch"]) for d in seen] == [1, 2, 3]
     pred = result.predict(data.x_val).numpy().argmax(axis=1)
     assert seen[-1]["val_f1_macro"] == pytest.approx(skm.f1_score(data.y_val.numpy(), pred, average="macro"))
+
+
+def test_one_pass_gives_outputs_embedding_and_the_curves_the_plot_reuses(digits_trial) -> None:
+    data, result, ev = digits_trial
+    assert np.array_equal(ev.test_output, result.predict(data.x_test).numpy())  # same bits as two passes
+    assert np.array_equal(ev.test_hidden, result.embed(data.x_test).numpy())
+    assert [cv.index for cv in ev.test_curves] == list(range(10))
+    assert ev.metrics["test_roc_auc_ovr_macro"] == np.mean([cv.auc for cv in ev.test_curves])
+    assert ev.metrics["test_average_precision_macro"] == np.mean([cv.ap for cv in ev.test_curves])
+    from tracking.plots import roc_pr_png
+
+    assert trial_artifacts(ev)["roc_pr_curves.png"] == roc_pr_png(ev.y_test, ev.test_output, data.class_names)

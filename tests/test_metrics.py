@@ -247,3 +247,36 @@ def test_metric_mode() -> None:
     assert metric_mode("fn") is None
     for name in metric_names("multiclass", 10) + metric_names("binary") + metric_names("regression"):
         metric_mode(name)  # every produced name has a known direction (or None)
+
+
+@pytest.mark.parametrize("c", [2, 3, 10])
+def test_one_vs_rest_curves_give_scikit_learn_values_exactly(c: int) -> None:
+    y, p = _softmax_data(1500, c, seed=c, signal=0.8)
+    curves = M.one_vs_rest_curves(y, p)
+    assert [cv.index for cv in curves] == list(range(c))
+    for cv in curves:
+        fpr, tpr, _ = skm.roc_curve(y == cv.index, p[:, cv.index])
+        prec, rec, _ = skm.precision_recall_curve(y == cv.index, p[:, cv.index])
+        assert np.array_equal(cv.fpr, fpr) and np.array_equal(cv.tpr, tpr)
+        assert np.array_equal(cv.precision, prec) and np.array_equal(cv.recall, rec)
+        assert cv.auc == skm.roc_auc_score(y == cv.index, p[:, cv.index])  # ==, not approx
+        assert cv.ap == skm.average_precision_score(y == cv.index, p[:, cv.index])
+    m, kept = M.classification_metrics_and_curves(y, p, prefix="test")
+    assert m == classification_metrics(y, p, prefix="test")
+    assert [cv.auc for cv in kept] == [cv.auc for cv in curves]
+    if c == 2:
+        assert m["test_roc_auc"] == skm.roc_auc_score(y, p[:, 1])
+        assert m["test_average_precision"] == skm.average_precision_score(y, p[:, 1])
+    else:
+        assert m["test_roc_auc_ovr_macro"] == skm.roc_auc_score(y, p, multi_class="ovr", average="macro")
+    onehot = np.eye(c, dtype=np.int64)[y]
+    assert m["test_average_precision_macro"] == float(np.mean(skm.average_precision_score(onehot, p, average=None)))
+
+
+def test_one_vs_rest_curves_skip_classes_without_positives_or_negatives() -> None:
+    y = np.array([0, 0, 1, 1])
+    p = np.array([[.6, .3, .1], [.5, .4, .1], [.2, .7, .1], [.3, .6, .1]])
+    assert [cv.index for cv in M.one_vs_rest_curves(y, p)] == [0, 1]  # class 2 never occurs
+    assert M.one_vs_rest_curves(np.zeros(3, int), np.full((3, 2), 0.5)) == []
+    with pytest.raises(ValueError, match=r"proba.shape=\(4,\)"):
+        M.one_vs_rest_curves(y, p[:, 0])

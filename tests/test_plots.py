@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 
+import matplotlib
 import numpy as np
 import pytest
+from matplotlib import cbook
 from matplotlib import image as mpimg
+from matplotlib.figure import Figure
+from sklearn import metrics as skm
 from sklearn.metrics import classification_report
 from threadpoolctl import threadpool_limits
 
@@ -20,10 +25,14 @@ from tracking.plots import (
     confusion_matrix_png,
     embedding_png,
     learning_curves_png,
+    legend_entries,
     png_dimensions,
+    pr_steps,
+    release_figures,
     residuals_png,
     roc_pr_png,
 )
+from trainer.metrics import classification_metrics, one_vs_rest_curves
 
 FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 NAMES = {2: ("negative", "positive"), 10: FASHION}
@@ -169,3 +178,115 @@ def test_residuals() -> None:
     rng = np.random.default_rng(0)
     y = rng.normal(size=500)
     _check_png(residuals_png(y, (y + rng.normal(scale=0.2, size=500)).reshape(-1, 1)), "residuals")
+
+
+# --------------------------------------------------------------------------- reuse, legend values, PR vertices
+
+
+def _history(shift: float) -> list[dict[str, float]]:
+    return [{"epoch": e, "train_loss": 1 / e + shift, "val_loss": 1 / e + e / 30 + shift,
+             "train_accuracy": 1 - 1 / e, "val_accuracy": 0.7 - shift} for e in range(1, 11)]
+
+
+def _plot_calls(seed: int) -> dict[str, object]:
+    """Every plot of one synthetic 10-class trial; ``seed`` makes another trial's data."""
+    y, p, pred = _data(10, n=600, seed=seed)
+    hidden = np.random.default_rng(seed).normal(size=(600, 16)) + y[:, None] * (1 + seed)
+    return {
+        "learning_curves": lambda: learning_curves_png(_history(0.1 * seed), early_stop_epoch=4 + seed,
+                                                       stopped_epoch=9 if seed else None),
+        "confusion_matrix": lambda: confusion_matrix_png(y, pred, FASHION),
+        "roc_pr": lambda: roc_pr_png(y, p, FASHION),
+        "embedding": lambda: embedding_png(hidden, y, FASHION),
+        "residuals": lambda: residuals_png(p[:, 0], p[:, 1]),
+    }
+
+
+def test_reused_figures_leave_nothing_of_the_previous_trial() -> None:
+    release_figures()
+    first = {k: f() for k, f in _plot_calls(0).items()}  # builds each figure
+    other = {k: f() for k, f in _plot_calls(1).items()}  # reuses them with other data, limits, legends
+    again = {k: f() for k, f in _plot_calls(0).items()}
+    assert release_figures() == 4  # learning curves, confusion matrix, ROC / PR, embedding
+    fresh = {k: f() for k, f in _plot_calls(0).items()}  # figures built anew
+    for kind in first:
+        assert other[kind] != first[kind], kind
+        assert again[kind] == first[kind], kind  # byte for byte: no artist, limit or text left behind
+        assert fresh[kind] == first[kind], kind
+        _check_png(first[kind], kind)
+
+
+def test_plots_from_several_threads_match_and_restore_rc_params() -> None:
+    hinting = matplotlib.rcParams["text.hinting"]
+    expected = {k: f() for k, f in _plot_calls(2).items()}
+    results: list[dict[str, bytes]] = []
+
+    def work() -> None:
+        results.append({k: f() for k, f in _plot_calls(2).items()})
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 3 and all(r == expected for r in results)
+    assert matplotlib.rcParams["text.hinting"] == hinting
+
+
+@pytest.mark.parametrize("c", [2, 10])
+def test_roc_pr_legend_carries_exact_scikit_learn_auc_and_ap(c: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    y, p, _ = _data(c, n=2000, seed=3)
+    curves = one_vs_rest_curves(y, p)
+    for cv in curves:  # exactly scikit-learn's values, from the very curves that are drawn
+        assert cv.auc == skm.roc_auc_score(y == cv.index, p[:, cv.index])
+        assert cv.ap == skm.average_precision_score(y == cv.index, p[:, cv.index])
+    legends: list[list[str]] = []
+    original = Figure.legend
+
+    def spy(self, handles, labels, **kwargs):
+        legends.append(list(labels))
+        return original(self, handles, labels, **kwargs)
+
+    monkeypatch.setattr(Figure, "legend", spy)
+    png = roc_pr_png(y, p, NAMES[c])
+    assert roc_pr_png(y, p, NAMES[c], curves=curves) == png  # precomputed curves: the same plot
+    labels = legends[0]
+    m = classification_metrics(y, p, prefix="test")
+    assert plots.LEGEND_TITLE == "ROC AUC | AP"
+    if c == 2:
+        auc, ap = skm.roc_auc_score(y, p[:, 1]), skm.average_precision_score(y, p[:, 1])
+        assert labels[0] == f"positive  {auc:.3f} | {ap:.3f}"
+        assert labels[-1] == f"chance  0.500 | {np.mean(y == 1):.3f}"
+    else:
+        for name, label, k in zip(FASHION, labels, range(c)):
+            auc = skm.roc_auc_score(y == k, p[:, k])
+            assert label == f"{name}  {auc:.3f} | {skm.average_precision_score(y == k, p[:, k]):.3f}"
+        assert labels[c] == f"macro average  {m['test_roc_auc_ovr_macro']:.3f} | {m['test_average_precision_macro']:.3f}"
+        assert labels[-1] == "chance"
+        assert labels == legend_entries(curves, FASHION)
+    assert len(labels) == (2 if c == 2 else c + 2)  # one entry per class for both panels, macro, chance
+
+
+def test_pr_steps_draw_the_same_step_function_with_fewer_vertices() -> None:
+    y, p, _ = _data(10, n=3000, seed=4)
+    for cv in one_vs_rest_curves(y, p):
+        full = np.column_stack(cbook.pts_to_poststep(cv.recall[::-1], cv.precision[::-1]))
+        thin = pr_steps(cv)
+        assert len(thin) < len(full) / 2
+        assert set(map(tuple, thin)) <= set(map(tuple, full))  # no new vertex
+        for r in np.unique(full[:, 0]):  # at every recall, the vertical segment spans the same precisions
+            f, t = full[full[:, 0] == r, 1], thin[thin[:, 0] == r, 1]
+            assert (f.min(), f.max()) == (t.min(), t.max()), r
+        assert (thin[0] == full[0]).all() and (thin[-1] == full[-1]).all()
+
+
+def test_encode_png_round_trips_pixels() -> None:
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 256, size=(7, 5, 3), dtype=np.uint8)
+    png = plots.encode_png(rgb)
+    assert png_dimensions(png) == (5, 7)
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.mode == "RGB" and round(im.info["dpi"][0]) == DPI
+        assert np.array_equal(np.asarray(im), rgb)
+    assert np.array_equal((mpimg.imread(io.BytesIO(png), format="png") * 255).round().astype(np.uint8), rgb)

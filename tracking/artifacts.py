@@ -28,7 +28,8 @@ def trial_artifacts(evaluation: Any, *, early_stop_epoch: int | None = None, sto
     else:
         predicted = evaluation.test_labels
         files["confusion_matrix.png"] = plots.confusion_matrix_png(evaluation.y_test, predicted, names)
-        files["roc_pr_curves.png"] = plots.roc_pr_png(evaluation.y_test, evaluation.test_output, names)
+        files["roc_pr_curves.png"] = plots.roc_pr_png(evaluation.y_test, evaluation.test_output, names,
+                                                      curves=getattr(evaluation, "test_curves", None))
         files["classification_report.json"] = plots.classification_report_json(
             evaluation.y_test, predicted, names).encode()
         if evaluation.test_hidden.ndim == 2 and evaluation.test_hidden.shape[1] >= 2:

@@ -18,8 +18,13 @@ from torch import nn
 from trainer.data import Dataset
 from trainer.diagnosis import DiagnosisThresholds, baseline_error, diagnose, overfitting_onset
 from trainer.loop import TrainResult
-from trainer.metrics import classification_metrics, regression_metrics
-from trainer.predict import predict
+from trainer.metrics import (
+    ClassCurves,
+    classification_metrics,
+    classification_metrics_and_curves,
+    regression_metrics,
+)
+from trainer.predict import predict, predict_and_embed
 
 
 TRAIN_ERROR_SAMPLES = 10_000  # the diagnosis's train error is measured on at most this many train samples
@@ -38,6 +43,7 @@ class TrialEvaluation:
     test_hidden: np.ndarray  # last-hidden-layer activations on the test split
     advice: str = ""
     history: list[dict[str, float]] = field(default_factory=list)
+    test_curves: list[ClassCurves] | None = None  # the test split's ROC / PR curves (classification)
 
     @property
     def test_labels(self) -> np.ndarray:
@@ -90,15 +96,22 @@ def evaluate_trial(
         keep = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))[:TRAIN_ERROR_SAMPLES]
         x_train, y_train = x_train[keep], y_train[keep]
     inputs = {"train": (x_train, y_train), "val": (data.x_val, data.y_val), "test": (data.x_test, data.y_test)}
-    outputs = {split: result.predict(x).numpy() for split, (x, _) in inputs.items()}
+    outputs = {split: result.predict(x).numpy() for split, (x, _) in inputs.items() if split != "test"}
+    test_output, test_hidden = predict_and_embed(result.model, data.x_test, task)  # one pass for both
+    outputs["test"] = test_output.numpy()
     labels = {split: y.numpy() for split, (_, y) in inputs.items()}
     metrics: dict[str, float] = {}
-    for split in ("val", "test"):
-        if task == "regression":
+    curves = None
+    if task == "regression":
+        for split in ("val", "test"):
             metrics.update(regression_metrics(labels[split], outputs[split], prefix=split))
-        else:
-            metrics.update(classification_metrics(labels[split], outputs[split], prefix=split,
-                                                  class_names=list(data.class_names)))
+    else:
+        names = list(data.class_names)
+        metrics.update(classification_metrics(labels["val"], outputs["val"], prefix="val", class_names=names))
+        # The test split's ROC / PR curves are kept for the plot: computed once per class.
+        test_metrics, curves = classification_metrics_and_curves(labels["test"], outputs["test"], prefix="test",
+                                                                 class_names=names)
+        metrics.update(test_metrics)
     errors = {split: _split_error(task, outputs[split], labels[split]) for split in outputs}
     diagnosis = diagnose(
         errors["train"], errors["val"], test_error=errors["test"], reference_error=reference_error,
@@ -111,6 +124,6 @@ def evaluate_trial(
         metrics["overfit_onset_epoch"] = float(onset)
     return TrialEvaluation(
         task=task, metrics=metrics, tags=diagnosis.as_tags(), class_names=tuple(data.class_names),
-        y_test=labels["test"], test_output=outputs["test"], test_hidden=result.embed(data.x_test).numpy(),
-        advice=diagnosis.advice, history=[h.as_dict() for h in result.history],
+        y_test=labels["test"], test_output=outputs["test"], test_hidden=test_hidden.numpy(),
+        advice=diagnosis.advice, history=[h.as_dict() for h in result.history], test_curves=curves,
     )

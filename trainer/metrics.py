@@ -42,7 +42,9 @@ name                           task        definition (``sklearn.metrics`` funct
                                            NaN when any class is absent from y_true
 ``average_precision_macro``    both        mean_c ``average_precision_score`` (one-vs-rest, area under
                                            the PR curve as sum (R_n - R_n-1) P_n); NaN when any
-                                           class is absent from y_true
+                                           class is absent from y_true. Both ranking metrics come
+                                           from :func:`one_vs_rest_curves` (bit for bit scikit-learn's
+                                           values), whose curves the ROC / PR plot reuses
 ``top{k}_accuracy``            multiclass  ``top_k_accuracy_score(k=k)``, for each k in ``top_k`` with k < C
 ``brier``                      binary      ``brier_score_loss``: mean (p1 - y)^2
 ``roc_auc``                    binary      ``roc_auc_score`` of p1 (same value as roc_auc_ovr_macro)
@@ -76,6 +78,7 @@ import math
 import re
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from numbers import Real
 from typing import Literal
 
@@ -210,6 +213,58 @@ def _safe_div(num: float, den: float) -> float:
     return float(num) / float(den) if den else math.nan
 
 
+# --------------------------------------------------------------------------- ranking curves
+
+
+@dataclass(frozen=True)
+class ClassCurves:
+    """One class's one-vs-rest ROC and precision-recall curves, as scikit-learn returns them.
+
+    ``auc`` and ``ap`` are computed from these very arrays exactly as ``roc_auc_score`` and
+    ``average_precision_score`` compute them, so one pass gives both the metrics and the plot.
+    """
+
+    index: int  # the class's column in proba
+    fpr: np.ndarray  # roc_curve(drop_intermediate=True), the curve roc_auc_score integrates
+    tpr: np.ndarray
+    precision: np.ndarray  # precision_recall_curve at every threshold, recall decreasing
+    recall: np.ndarray
+    auc: float  # auc(fpr, tpr): roc_auc_score of this class against the rest
+    ap: float  # max(0, -sum(diff(recall) * precision[:-1])): average_precision_score of this class
+
+
+def one_vs_rest_curves(
+    y_true: np.ndarray, proba: np.ndarray, classes: Sequence[int] | None = None
+) -> list[ClassCurves]:
+    """The ROC and PR curves of each class (default: every column of ``proba``) against the rest.
+
+    Classes without both positives and negatives in ``y_true`` are left out (ROC is undefined
+    there). ``y_true`` holds integer class indices, ``proba`` is ``(n, C)``.
+
+    Example:
+        >>> import numpy as np
+        >>> y = np.array([0, 1, 2, 2]); p = np.array([[.8, .1, .1], [.2, .7, .1], [.1, .2, .7], [.5, .1, .4]])
+        >>> [(c.index, c.auc) for c in one_vs_rest_curves(y, p)]
+        [(0, 1.0), (1, 1.0), (2, 1.0)]
+    """
+    y = np.asarray(y_true)
+    p = np.asarray(proba)
+    if y.ndim != 1 or p.ndim != 2 or p.shape[0] != y.shape[0]:
+        raise ValueError(f"y_true.shape={y.shape}, proba.shape={p.shape}: must be (n,) and (n, C)")
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for k in range(p.shape[1]) if classes is None else classes:
+            positive = y == k
+            if not positive.any() or positive.all():
+                continue
+            fpr, tpr, _ = skm.roc_curve(positive, p[:, k])
+            precision, recall, _ = skm.precision_recall_curve(positive, p[:, k])
+            ap = max(0.0, float(-np.sum(np.diff(recall) * precision[:-1])))  # the step integral of sklearn's AP
+            out.append(ClassCurves(int(k), fpr, tpr, precision, recall, float(skm.auc(fpr, tpr)), ap))
+    return out
+
+
 # --------------------------------------------------------------------------- classification
 
 
@@ -251,6 +306,27 @@ def classification_metrics(
         (0.75, 0.8333333333333334)
         >>> sorted(m) == sorted(metric_names("multiclass", 3, splits=("test",)))
         True
+    """
+    return classification_metrics_and_curves(
+        y_true, proba, prefix=prefix, class_names=class_names, threshold=threshold, beta=beta, top_k=top_k
+    )[0]
+
+
+def classification_metrics_and_curves(
+    y_true: np.ndarray | Sequence[int],
+    proba: np.ndarray,
+    *,
+    prefix: str,
+    class_names: Sequence[str] | None = None,
+    threshold: float = 0.5,
+    beta: float = DEFAULT_BETA,
+    top_k: Sequence[int] = DEFAULT_TOP_K,
+) -> tuple[dict[str, float], list[ClassCurves]]:
+    """:func:`classification_metrics` and the :func:`one_vs_rest_curves` its ROC AUC and AP come from.
+
+    The end-of-trial evaluation keeps the test split's curves for the ROC / PR plot, so
+    scikit-learn's curves are computed once per class, not once for the metrics and again
+    for the plot.
     """
     _check_prefix(prefix)
     ks = _check_top_k(top_k)
@@ -299,28 +375,24 @@ def classification_metrics(
         out["log_loss"] = skm.log_loss(y, p, labels=labels)
         out["hamming_loss"] = skm.hamming_loss(y, y_pred)
         out["zero_one_loss"] = skm.zero_one_loss(y, y_pred)
+        # roc_auc_score(multi_class="ovr", average="macro") and the mean of average_precision_score
+        # per class, from one pass of scikit-learn's curves (binary: roc_auc_score of p1).
+        curves = one_vs_rest_curves(y, p)
+        by_class = {cv.index: cv for cv in curves}
         if binary:
-            out["roc_auc_ovr_macro"] = skm.roc_auc_score(y, p[:, 1]) if all_present else math.nan
+            out["roc_auc_ovr_macro"] = by_class[1].auc if all_present else math.nan
         else:
-            out["roc_auc_ovr_macro"] = (
-                skm.roc_auc_score(y, p, multi_class="ovr", average="macro", labels=labels)
-                if all_present
-                else math.nan
-            )
-        onehot = np.eye(n_classes, dtype=np.int64)[y]
-        out["average_precision_macro"] = (
-            float(np.mean(skm.average_precision_score(onehot, p, average=None)))  # one-vs-rest, per class
-            if all_present
-            else math.nan
-        )
+            out["roc_auc_ovr_macro"] = float(np.mean([cv.auc for cv in curves])) if all_present else math.nan
+        out["average_precision_macro"] = float(np.mean([cv.ap for cv in curves])) if all_present else math.nan
 
         if binary:
             tn, fp, fn, tp = (int(v) for v in skm.confusion_matrix(y, y_pred, labels=labels).ravel())
             out["brier"] = skm.brier_score_loss(y, p[:, 1], pos_label=1, labels=labels)
             out["roc_auc"] = out["roc_auc_ovr_macro"]
-            out["average_precision"] = (
-                skm.average_precision_score(y, p[:, 1]) if (y == 1).any() else math.nan
-            )
+            if 1 in by_class:
+                out["average_precision"] = by_class[1].ap
+            else:  # no negatives (AP is 1) or no positives (undefined)
+                out["average_precision"] = skm.average_precision_score(y, p[:, 1]) if (y == 1).any() else math.nan
             out["precision"] = skm.precision_score(y, y_pred, labels=labels, pos_label=1, zero_division=0)
             out["recall"] = skm.recall_score(y, y_pred, labels=labels, pos_label=1, zero_division=0)
             out["specificity"] = _safe_div(tn, tn + fp)
@@ -338,7 +410,7 @@ def classification_metrics(
                 if k < n_classes:
                     out[f"top{k}_accuracy"] = skm.top_k_accuracy_score(y, p, k=k, labels=labels)
 
-    return {f"{prefix}_{name}": float(value) for name, value in out.items()}
+    return {f"{prefix}_{name}": float(value) for name, value in out.items()}, curves
 
 
 # --------------------------------------------------------------------------- regression

@@ -41,7 +41,10 @@ def predict(model: nn.Sequential, x: torch.Tensor, task: Task = "multiclass") ->
         >>> predict(m, torch.zeros(4, 2)).sum(dim=1).allclose(torch.ones(4))
         True
     """
-    out = logits(model, x)
+    return _outputs(logits(model, x), task)
+
+
+def _outputs(out: torch.Tensor, task: Task) -> torch.Tensor:
     if task == "multiclass":
         return torch.softmax(out, dim=1)
     if task == "binary":
@@ -55,3 +58,20 @@ def embed(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     Without hidden layers this is the input itself.
     """
     return _chunked(model[:-1], model, x)
+
+
+def predict_and_embed(model: nn.Sequential, x: torch.Tensor, task: Task = "multiclass") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(predict(model, x, task), embed(model, x))`` from one pass through the hidden layers.
+
+    The output layer runs on the embedding, chunk by chunk as :func:`predict` runs the whole
+    model, so both tensors equal those of the two separate calls.
+
+    Example:
+        >>> m = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+        >>> x = torch.randn(5, 2)
+        >>> out, hidden = predict_and_embed(m, x)
+        >>> bool(torch.equal(out, predict(m, x)) and torch.equal(hidden, embed(m, x)))
+        True
+    """
+    hidden = embed(model, x)
+    return _outputs(_chunked(model[-1], model, hidden), task), hidden
