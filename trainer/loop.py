@@ -428,9 +428,12 @@ def train(
     best = BestWeights() if config.restore_best_weights else None
     min_last = 2 if config.norm == "batchnorm" else 1
     regression, binary = data.task == "regression", data.task == "binary"
-    # the shuffled training split, gathered into the same buffers every epoch (a fresh
-    # x[perm] costs an allocation of the whole split and its page faults, every epoch)
-    xs, ys = torch.empty_like(x), torch.empty_like(y)
+    # the shuffled targets, gathered into the same buffer every epoch; the inputs are gathered
+    # one batch at a time into a reused batch buffer (xb), where the first layer's matmul reads
+    # them while they are still in cache: a whole-split gather writes the split to memory and
+    # reads it back, every epoch
+    ys = torch.empty_like(y)
+    xb = x.new_empty((0, *x.shape[1:]))
     result = TrainResult(model=model, task=data.task)
     loop = _Loop(model, stepper, schedule, stopper, best, order, result)
     first = 1
@@ -447,13 +450,17 @@ def train(
         perm = torch.randperm(n, generator=order)  # on the CPU: the same order on every device
         if not on_cpu:
             perm = perm.to(device)
-        torch.index_select(x, 0, perm, out=xs)  # one gather per epoch; batches are contiguous slices
         torch.index_select(y, 0, perm, out=ys)
         bounds = batch_bounds(n, batch_size, min_last)
+        largest = max(end - start for start, end in bounds)
+        if len(xb) < largest:
+            xb = x.new_empty((largest, *x.shape[1:]))
         losses: list[torch.Tensor] = []  # each batch's mean training loss
         outputs: list[torch.Tensor] = []  # each batch's predicted class (multiclass) or output column
         for start, end in bounds:
-            out = stepper.step(xs[start:end], ys[start:end], lr)
+            # the step's backward runs before the next gather overwrites the buffer
+            batch = torch.index_select(x, 0, perm[start:end], out=xb[: end - start])
+            out = stepper.step(batch, ys[start:end], lr)
             losses.append(stepper.loss)
             outputs.append(out[:, 0] if regression or binary else out.argmax(dim=1))
         train_loss, score = _epoch_scores(losses, outputs, bounds, ys, data.task)
