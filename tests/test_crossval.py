@@ -175,8 +175,8 @@ def test_too_many_folds_are_refused_with_the_rule() -> None:
     _, y_pool, _, _ = split_pool_and_test(load_raw(config), config)
     n_pool, smallest = pool_counts(config)
     assert (n_pool, smallest) == (len(y_pool), int(np.bincount(y_pool).min()))
-    with pytest.raises(ValueError, match=rf"k={smallest + 1}: more folds than the {smallest} samples of the "
-                                         "smallest class"):
+    with pytest.raises(ValueError, match=rf"k={smallest + 1}: stratified folds need folds <= {smallest}, the "
+                                         "sample count of the smallest class"):
         fold_datasets(DataConfig(dataset="digits"), smallest + 1)
     assert "pool (train + validation)" in fold_problem(500, 442, None)
     assert fold_problem(5, 442, None) is None

@@ -74,18 +74,18 @@ def _check_k(k: Any) -> int:
 def fold_problem(k: int, n_pool: int, smallest_class: int | None) -> str | None:
     """Why ``k`` folds cannot be cut from a pool of ``n_pool`` samples, or None.
 
-    ``smallest_class``: the smallest class count of a classification pool (stratified folds
-    need at least one sample of every class in each), None for regression.
+    ``smallest_class``: the smallest class count of a classification pool (a stratified fold
+    must be able to hold a sample of every class), None for regression.
 
     Example:
         >>> fold_problem(5, 100, 3)
-        'more folds than the 3 samples of the smallest class in the 100-sample pool (stratified folds need k <= 3)'
+        'stratified folds need folds <= 3, the sample count of the smallest class in the pool (train + validation, 100 samples)'
     """
     if k > n_pool:
-        return f"more folds than the {n_pool} samples of the pool (train + validation) to cut them from"
+        return f"more folds than the {n_pool} samples of the pool (train + validation) they are cut from"
     if smallest_class is not None and k > smallest_class:
-        return (f"more folds than the {smallest_class} samples of the smallest class in the {n_pool}-sample pool "
-                f"(stratified folds need k <= {smallest_class})")
+        return (f"stratified folds need folds <= {smallest_class}, the sample count of the smallest class "
+                f"in the pool (train + validation, {n_pool} samples)")
     return None
 
 
