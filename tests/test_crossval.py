@@ -183,3 +183,70 @@ def test_too_many_folds_are_refused_with_the_rule() -> None:
     assert pool_counts(DataConfig(dataset="diabetes"))[1] is None
     with pytest.raises(ValueError, match="k=1: cross-validation needs"):
         fold_datasets(DataConfig(dataset="digits"), 1)
+
+
+# ---- a cross-validated trial of the sweep, retried from its checkpoint (no Ray: Tune's calls faked) ----
+class _FakeContext:
+    def get_trial_id(self) -> str:
+        return "trial_cv"
+
+    def get_trial_name(self) -> str:
+        return "trial_cv"
+
+
+def test_a_retried_cv_trial_resumes_every_fold_into_the_same_run(tracking_uri: str, tmp_path, monkeypatch) -> None:
+    import shutil
+
+    from mlflow import MlflowClient
+
+    import sweeps.tune as st
+    from sweeps.spec import EvaluationSpec
+    from tracking import SweepTracker
+    from tracking import tags as T
+
+    monkeypatch.setenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
+    monkeypatch.setattr(st, "_placement", lambda: {})
+    monkeypatch.setattr(st, "_device", lambda: None)
+    monkeypatch.setattr(st.tune, "get_context", lambda: _FakeContext())
+    tracker = SweepTracker(tracking_uri, "cv-trial", "cv-trial", "s1")
+    parent = tracker.start()
+    data = DataConfig(dataset="digits", max_train_samples=300)
+    ctx = st.TrialContext(
+        sweep_name="cv-trial", sweep_id="s1", tracking_uri=tracking_uri, experiment_id=tracker.experiment_id,
+        parent_run_id=parent, trainer="mlp", metric="val_accuracy", max_epochs=4, threads=1, flush_seconds=0.0,
+        evaluation=EvaluationSpec(), data_ref=None, checkpoint_every=1, cv_folds=3, cv_data=data)
+    config = {"epochs": 4, "hidden_size": 16, "lr": 3e-3, "seed": 3}
+    saved = tmp_path / "checkpoint"
+    reported: list[dict] = []
+
+    def dies_after_two(metrics: dict, checkpoint=None) -> None:
+        if checkpoint is not None:
+            shutil.rmtree(saved, ignore_errors=True)
+            shutil.copytree(checkpoint.path, saved)
+        reported.append(metrics)
+        if metrics["epoch"] == 2:
+            raise RuntimeError("the worker died")
+
+    monkeypatch.setattr(st.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(st.tune, "report", dies_after_two)
+    with pytest.raises(RuntimeError, match="the worker died"):
+        st.run_trial(dict(config), ctx)
+    assert [m["epoch"] for m in reported] == [1, 2]
+
+    monkeypatch.setattr(st.tune, "get_checkpoint", lambda: st.tune.Checkpoint.from_directory(str(saved)))
+    monkeypatch.setattr(st.tune, "report", lambda metrics, checkpoint=None: reported.append(metrics))
+    st.run_trial(dict(config), ctx)
+    assert [m["epoch"] for m in reported] == [1, 2, 3, 4]  # the retry continued after epoch 2
+
+    straight = train_cv(MLPConfig(**config), fold_datasets(data, 3), threads=1)
+    assert [{k: v for k, v in m.items() if k != "epoch_seconds"} for m in reported] == _curve(straight.history)
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([tracker.experiment_id], f"tags.`{T.ROLE}` = 'trial'")
+    assert run.data.tags[T.RESTARTS] == "1" and run.data.tags[T.RESUMED_FROM_EPOCH] == "2"
+    assert run.data.tags[T.CV_FOLDS] == "3" and run.data.tags[T.TRIAL_STATUS] == "completed"
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert [(h.step, h.value) for h in history] == [(m.epoch, m.val_loss) for m in straight.history]
+    for key, value in straight.summary().items():
+        assert run.data.metrics[key] == pytest.approx(value, rel=1e-12), key
+    assert run.data.metrics["test_accuracy"] == pytest.approx(straight.folds[0].test["test_accuracy"])
+    tracker.finish("completed")
