@@ -98,6 +98,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"({spec.search.algorithm}), {len(spec.searched_params())} searched / {len(spec.fixed_params())} fixed "
         f"parameters, metric {spec.metric.name} ({spec.metric.goal}), early stopping: {es}"
         + (f", variants: {', '.join(spec.variants)} (baseline {spec.baseline()})" if spec.variants else "")
+        + (f", {spec.cross_validation.folds}-fold cross-validation" if spec.cross_validation else "")
         + (f", repeats: top {spec.repeats.top_k} x {spec.repeats.seeds} seeds" if spec.repeats else "")
     )
     return 0

@@ -305,6 +305,18 @@ class RepeatsSpec(_Frozen):
         return list(range(self.seed_start, self.seed_start + self.seeds))
 
 
+class CrossValidationSpec(_Frozen):
+    """k-fold cross-validation of every search trial (the built-in trainer).
+
+    The test split stays the one ``data`` holds out; train + validation form the pool, cut
+    into ``folds`` folds with ``data.split_seed`` (stratified for classification). A trial
+    trains its folds in lockstep and reports the fold mean of every epoch metric, so ASHA and
+    Optuna judge the fold-mean curve. Repeats train without cross-validation.
+    """
+
+    folds: int = Field(ge=2, strict=True)  # k: each fold validates on 1/k of the pool and trains on the rest
+
+
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -325,6 +337,7 @@ class SweepSpec(_Frozen):
     tracking: TrackingSpec = TrackingSpec()  # MLflow URI and experiment
     evaluation: EvaluationSpec = EvaluationSpec()  # end-of-trial metrics, diagnosis and plots
     repeats: RepeatsSpec | None = None  # after the search: the top configurations over many seeds
+    cross_validation: CrossValidationSpec | None = None  # k-fold CV of every search trial; absent: one split
     # A study: variant name -> parameters it overrides or adds. Each variant is searched with the
     # same trial budget and search seed, then repeated; all are compared with the baseline.
     variants: dict[str, dict[str, ParamSpec]] = Field(default_factory=dict)

@@ -51,6 +51,7 @@ from tracking import tags as T
 from tracking.outage import ServerRetry
 from tracking.artifacts import log_files, trial_artifacts
 from trainer import DataConfig, Dataset, MLPConfig, StopTraining, load_dataset, train
+from trainer.crossval import fold_datasets, train_cv
 from trainer.diagnosis import DiagnosisThresholds
 from trainer.evaluation import evaluate_trial, val_metric
 from trainer.loop import EARLY_STOPPED, EpochMetrics, epoch_metric_names
@@ -91,6 +92,8 @@ class TrialContext:
     variant: str | None = None  # the study variant this trial belongs to
     checkpoint_every: int = 1  # epochs between checkpoints of the built-in trainer; 0: none
     retry_seconds: float = 600.0  # how long a trial waits for an unreachable tracking server
+    cv_folds: int | None = None  # k-fold cross-validation of search trials (cross_validation.folds); None: off
+    cv_data: DataConfig | None = None  # the data block the folds are cut from (with cv_folds)
 
 
 @dataclass
@@ -128,6 +131,18 @@ def _dataset(ctx: TrialContext, split_seed: int | None = None) -> Dataset:
     return _DATA_CACHE[key]
 
 
+def _fold_data(ctx: TrialContext) -> list[Dataset]:
+    """The sweep's k cross-validation datasets, cut once per worker process from ``ctx.cv_data``."""
+    if ctx.cv_folds is None or ctx.cv_data is None:
+        raise ValueError("cross-validation needs TrialContext.cv_folds and cv_data (run_sweep sets both)")
+    key = f"{ctx.sweep_id}/cv{ctx.cv_folds}"
+    if key not in _FOLD_CACHE:
+        _FOLD_CACHE.clear()
+        _FOLD_CACHE[key] = fold_datasets(ctx.cv_data, ctx.cv_folds)
+    return _FOLD_CACHE[key]
+
+
+_FOLD_CACHE: dict[str, list[Dataset]] = {}
 REPEAT_KEY = "repeat"  # a repeat trial's Tune config: {"repeat": {"params", "config_id", "seed", ...}}
 
 
@@ -196,6 +211,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         run_name = tune.get_context().get_trial_name()
         if ctx.variant:
             run_name = f"{ctx.variant}-{run_name}"
+    cv_folds = ctx.cv_folds if builtin and repeat is None else None  # repeats train on the one split
+    if cv_folds is not None:
+        extra_tags[T.CV_FOLDS] = str(cv_folds)
     try:  # a combination the file could not rule out (e.g. a sampled warmup >= epochs) fails the trial
         params = MLPConfig(**config).model_dump() if builtin else dict(config)
         invalid = None
@@ -247,7 +265,10 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     try:
         if invalid is not None:
             raise invalid
-        if builtin:
+        if builtin and cv_folds is not None:
+            test = _cross_validated_trial(MLPConfig(**config), ctx, run, lambda m: report(m.as_dict()),
+                                          checkpoints, restored[0] if restored else None)
+        elif builtin:
             data = _dataset(ctx, split_seed)
             hook = None if ctx.metric in epoch_metric_names(data.task) else val_metric(ctx.metric, data)
             result = train(MLPConfig(**config), data, lambda m: report(m.as_dict()), threads=ctx.threads,
@@ -276,6 +297,28 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         # Returning normally would make Tune report a final result that nobody collects,
         # and the thread would block; end it the way Tune expects.
         raise SystemExit(0)
+
+
+def _cross_validated_trial(config: MLPConfig, ctx: TrialContext, run: TrialRun, report: Any,
+                           checkpoints: _Checkpoints | None, resume: dict[str, Any] | None) -> dict[str, float]:
+    """Train the trial's folds in lockstep; the end-of-trial metrics to log.
+
+    ``report`` gets the fold mean of every epoch (the curve Tune, ASHA and MLflow see). The
+    checkpoint holds every fold's state. At the end: fold 1's model gives the test metrics, the
+    plots and the diagnosis (:func:`_evaluate`, as a normal trial's model does), and
+    ``cv_<m>_mean`` / ``cv_<m>_std`` summarize each final val metric and each test metric over
+    the k folds (:meth:`trainer.crossval.CVResult.summary`).
+    """
+    folds = _fold_data(ctx)
+    hooks = None if ctx.metric in epoch_metric_names(folds[0].task) else [val_metric(ctx.metric, f) for f in folds]
+    cv = train_cv(config, folds, report, threads=ctx.threads, epoch_metrics=hooks,
+                  checkpoint=checkpoints.save if checkpoints else None,
+                  checkpoint_every=max(ctx.checkpoint_every, 1), resume=resume, device=_device())
+    first = cv.folds[0]
+    curves = set(cv.history[-1].as_dict()) if cv.history else set()
+    # the curves hold the fold means (e.g. val_accuracy); fold 1's values of those are not logged over them
+    test = {k: v for k, v in {**first.test, **_evaluate(first, folds[0], ctx, run)}.items() if k not in curves}
+    return {**test, **cv.summary()}
 
 
 def _device() -> str | None:
@@ -547,6 +590,8 @@ def run_sweep(
                 data_config=spec.data if spec.repeats is not None and spec.repeats.vary_split else None,
                 variant=variant, checkpoint_every=spec.fault_tolerance.checkpoint_every,
                 retry_seconds=spec.tracking.retry_seconds,
+                cv_folds=spec.cross_validation.folds if spec.cross_validation else None,
+                cv_data=spec.data if spec.cross_validation else None,
             )
             search = _SweepCallback(vspec, sink, stage=f"{variant}: search" if variant else "search")
             searches[variant] = search
@@ -619,6 +664,7 @@ def _start_parent(tracker: SweepTracker, spec: SweepSpec, source_text: str | Non
         "early_stopping": spec.early_stopping.type, "data.dataset": spec.data.dataset,
         "trainer": spec.trainer,
         "repeats": f"top {spec.repeats.top_k} x {spec.repeats.seeds} seeds" if spec.repeats else "none",
+        "cross_validation": f"{spec.cross_validation.folds} folds" if spec.cross_validation else "none",
     })
     tracker.set_tags({T.METRIC: f"{spec.metric.name}:{spec.metric.goal}", RESULTS_DIR_TAG: results_dir,
                       DRIVER_TAG: driver_tag()})

@@ -9,7 +9,9 @@ with a did-you-mean for misspelled keys::
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
+import logging
 import os
 import re
 import sys
@@ -34,10 +36,13 @@ from sweeps.spec import (
     Uniform,
 )
 from trainer.config import MLPConfig
+from trainer.crossval import fold_problem, pool_counts
+from trainer.data import DataConfig
 from trainer.loop import epoch_metric_names
 from trainer.metrics import metric_mode, metric_names
 
 Loc = tuple[Any, ...]
+logger = logging.getLogger(__name__)
 
 # Metrics the built-in trainer reports every epoch, for any task; which ones apply depends on
 # the data block's task (epoch_metric_names(task)). test_* are measured once, at the end,
@@ -398,11 +403,39 @@ def _spec_problems(spec: SweepSpec) -> list[SpecProblem]:
         if seed is not None and not isinstance(seed, Fixed):
             add(SpecProblem(("parameters", "seed"), _MISSING,
                             "with repeats the seed varies by itself; fix parameters.seed instead of searching it"))
+    if spec.cross_validation is not None:
+        problems.extend(_cross_validation_problems(spec))
     if isinstance(spec.resources.cpus_per_trial, float) and spec.resources.cpus_per_trial < 1 \
             and spec.resources.gpus_per_trial == 0:
         add(SpecProblem(("resources", "cpus_per_trial"), spec.resources.cpus_per_trial,
                         "a CPU-only trial needs at least 1 CPU"))
     return problems
+
+
+@functools.lru_cache(maxsize=16)
+def _pool_counts(data_json: str) -> tuple[int, int | None] | None:
+    """The pool's size and smallest class count; None when the data cannot be read now."""
+    try:
+        return pool_counts(DataConfig.model_validate_json(data_json))
+    except (OSError, ValueError) as e:  # a missing or bad file fails the sweep when it loads its data
+        logger.debug("cross-validation folds not checked against the data: %s", e)
+        return None
+
+
+def _cross_validation_problems(spec: SweepSpec) -> list[SpecProblem]:
+    """k-fold cross-validation needs the built-in trainer and a pool that k stratified folds fit."""
+    cv = spec.cross_validation
+    if cv is None:
+        return []
+    if spec.trainer != "mlp":
+        return [SpecProblem(("cross_validation",), _MISSING,
+                            f"cross-validation needs the built-in trainer (trainer: mlp); {spec.trainer!r} "
+                            "splits its own data")]
+    counts = _pool_counts(spec.data.model_dump_json())
+    why = fold_problem(cv.folds, *counts) if counts is not None else None
+    if why:
+        return [SpecProblem(("cross_validation", "folds"), cv.folds, f"{why} (dataset {spec.data.dataset!r})")]
+    return []
 
 
 def _values_of(p: Any) -> list[tuple[Loc, Any]]:

@@ -328,3 +328,75 @@ def test_study_runs_every_variant_with_the_same_budget(ray_session, tmp_path: Pa
     assert html.exists() and md.exists()
     logged = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
     assert {"report.html", "report.md"} <= logged
+
+
+CV_SWEEP = """
+name: cv
+data: {dataset: digits, max_train_samples: 300}
+metric: {name: val_accuracy, goal: maximize}
+parameters:
+  epochs: 4
+  hidden_size: {values: [8, 16]}
+  lr: {distribution: log_uniform, min: 1.0e-3, max: 3.0e-2}
+search: {algorithm: random, trials: 3, seed: 1}
+early_stopping: {type: asha, grace_period: 1, reduction_factor: 2}
+cross_validation: {folds: 3}
+repeats: {top_k: 1, seeds: 2}
+resources: {max_concurrent_trials: 2}
+"""
+
+
+def test_cross_validated_sweep_logs_the_fold_mean_curve_and_cv_summaries(ray_session, tmp_path: Path) -> None:
+    """Each search trial's curve is the mean of its 3 folds, recomputed here fold by fold; repeats do not CV."""
+    import statistics
+
+    import numpy as np
+
+    from trainer import StopTraining, train
+    from trainer.crossval import fold_datasets
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = load_spec_text(CV_SWEEP, "cv.yaml", [f"tracking.uri={uri}"])
+    outcome = run_sweep(spec, progress=Collect(), results_dir=tmp_path / "results")
+    assert outcome.status == "completed"
+    client = MlflowClient(uri)
+    assert client.get_run(outcome.parent_run_id).data.params["cross_validation"] == "3 folds"
+    runs = client.search_runs([outcome.experiment_id])
+    search = [r for r in runs if r.data.tags.get(tags.STAGE) == "search"]
+    repeats = [r for r in runs if r.data.tags.get(tags.STAGE) == "repeat"]
+    assert len(search) == 3 and len(repeats) == 2
+    folds = fold_datasets(spec.data, 3)
+    for run in search:
+        m, p = run.data.metrics, run.data.params
+        assert run.data.tags[tags.CV_FOLDS] == "3"
+        history = {key: client.get_metric_history(run.info.run_id, key) for key in ("val_loss", "val_accuracy")}
+        epochs = [h.step for h in history["val_loss"]]
+        last = epochs[-1]
+        assert epochs == list(range(1, last + 1))  # one fold-mean value per epoch, step = epoch
+        config = MLPConfig(epochs=4, hidden_size=int(p["hidden_size"]), lr=float(p["lr"]), seed=int(p["seed"]))
+
+        def stop_at(metrics, last=last) -> None:
+            if metrics.epoch == last:
+                raise StopTraining
+
+        alone = [train(config, f, stop_at, threads=1) for f in folds]  # each fold on its own
+        for key, points in history.items():
+            for point in points:
+                per_fold = [r.history[point.step - 1].as_dict()[key] for r in alone]
+                assert point.value == pytest.approx(float(np.mean(per_fold)), rel=1e-9), (key, point.step)
+        for key in ("val_accuracy", "val_loss"):
+            values = [r.final_metrics.as_dict()[key] for r in alone]
+            assert m[f"cv_{key}_mean"] == pytest.approx(float(np.mean(values)), rel=1e-9)
+            assert m[f"cv_{key}_std"] == pytest.approx(statistics.stdev(values), rel=1e-9)
+        tests = [r.test["test_accuracy"] for r in alone]
+        assert m["cv_test_accuracy_mean"] == pytest.approx(float(np.mean(tests)), rel=1e-9)
+        assert m["cv_test_accuracy_std"] == pytest.approx(statistics.stdev(tests), rel=1e-9)
+        assert m["test_accuracy"] == pytest.approx(tests[0], rel=1e-9)  # the trial's model is fold 1's
+        for key in ("test_loss", "test_f1_macro", "diag_variance", "cv_test_loss_mean"):
+            assert key in m, (key, sorted(m))
+        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert "plots/learning_curves.png" in plots
+    for run in repeats:  # repeats train on the one split, at full budget
+        assert tags.CV_FOLDS not in run.data.tags
+        assert not any(k.startswith("cv_") for k in run.data.metrics)
+        assert [h.step for h in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2, 3, 4]

@@ -10,6 +10,7 @@ STAGE = "sweep.stage"  # search | repeat | summary
 CONFIG_ID = "sweep.config_id"  # repeats: which of the top configurations (rank1, rank2, ...)
 SEED = "sweep.seed"  # repeats: the seed of this run
 SOURCE_TRIAL = "sweep.source_trial_id"  # repeats and summaries: the search trial the config came from
+CV_FOLDS = "sweep.cv_folds"  # a cross-validated search trial: its number of folds (absent without CV)
 TRIAL_STATUS = "sweep.trial_status"  # completed | stopped_early | failed | running
 STOPPED_EPOCH = "sweep.stopped_epoch"  # last epoch of a trial ASHA stopped
 FAILURE_REASON = "sweep.failure_reason"  # why a trial failed

@@ -5,20 +5,23 @@ function that takes a typed config, a dataset and a reporting callback.
 """
 
 from trainer.config import MLPConfig
-from trainer.crossval import cross_validate
+from trainer.crossval import CVResult, cross_validate, fold_datasets, train_cv, train_folds
 from trainer.data import DataConfig, Dataset, load_dataset
 from trainer.loop import (
     EpochMetrics,
     StopTraining,
     TrainingDiverged,
     TrainResult,
+    drive,
     epoch_metric_names,
     evaluate,
     train,
+    train_epochs,
 )
 from trainer.predict import embed, logits, predict
 
 __all__ = [
+    "CVResult",
     "DataConfig",
     "Dataset",
     "EpochMetrics",
@@ -27,11 +30,16 @@ __all__ = [
     "TrainResult",
     "TrainingDiverged",
     "cross_validate",
+    "drive",
     "embed",
     "epoch_metric_names",
     "evaluate",
+    "fold_datasets",
     "load_dataset",
     "logits",
     "predict",
     "train",
+    "train_cv",
+    "train_epochs",
+    "train_folds",
 ]

@@ -3,7 +3,10 @@
 ``train`` knows nothing of Ray or MLflow. It calls ``report(metrics)`` after
 every epoch; a caller that wants to stop the run early (a scheduler, a pruner)
 raises :class:`StopTraining` from ``report`` and still gets the test metrics of
-the model as it stood. Early stopping within a trial (``early_stopping_patience``)
+the model as it stood. ``train`` is a thin wrapper: the loop itself is the generator
+:func:`train_epochs`, which yields each epoch's metrics and can be driven one epoch at a time
+(several runs side by side, as cross-validation's folds in :mod:`trainer.crossval`). Early
+stopping within a trial (``early_stopping_patience``)
 is independent of that: it ends training by itself and records the epoch.
 
 Checkpoints: with ``checkpoint=`` the loop hands out, every ``checkpoint_every`` epochs, the
@@ -30,9 +33,9 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Optional, TypeVar
 
 import numpy as np
 
@@ -157,6 +160,7 @@ class TrainResult:
 Report = Callable[[EpochMetrics], None]
 TrainState = dict[str, Any]  # what train_state() returns; torch.save / torch.load(weights_only=True) keep it
 Checkpoint = Callable[[TrainState], None]
+FINISHED = "finished"  # in a state of train_epochs(checkpoint_finished=True): patience had run out
 STATE_VERSION = 2  # 2: dropout masks from the layers' own generators (rng["model"]), not torch's
 
 
@@ -378,6 +382,9 @@ def train(
 ) -> TrainResult:
     """Train the built-in MLP on ``data`` and evaluate it on the test split.
 
+    A thin wrapper: :func:`drive` runs :func:`train_epochs` to its end, calling ``report``
+    after every epoch.
+
     Args:
         config: hyperparameters.
         data: in-memory train / val / test tensors and the task.
@@ -404,11 +411,95 @@ def train(
         >>> len(result.history), sorted(result.test)
         (2, ['test_accuracy', 'test_loss'])
     """
+    epochs = train_epochs(config, data, threads=threads, epoch_metrics=epoch_metrics, checkpoint=checkpoint,
+                          checkpoint_every=checkpoint_every, resume=resume, device=device)
+    return drive(epochs, report)
+
+
+R = TypeVar("R")
+# What train_epochs returns: yields each epoch's metrics, is sent True to stop after that epoch
+# (False or None: go on), and returns the TrainResult (StopIteration.value) when training ends.
+Epochs = Generator[EpochMetrics, Optional[bool], R]
+
+
+def drive(epochs: Generator[EpochMetrics, Optional[bool], R], report: Report | None = None) -> R:
+    """Run an epoch generator (:func:`train_epochs`, :func:`trainer.crossval.train_folds`) to its end.
+
+    ``report`` is called with each epoch's metrics; a :class:`StopTraining` it raises asks the
+    generator to stop after that epoch (it still returns its result). Any other exception from
+    ``report`` closes the generator and propagates.
+
+    Example:
+        >>> from trainer.data import DataConfig, load_dataset
+        >>> result = drive(train_epochs(MLPConfig(epochs=2, hidden_size=8), load_dataset(DataConfig())))
+        >>> [m.epoch for m in result.history]
+        [1, 2]
+    """
+    try:
+        metrics = next(epochs)
+        while True:
+            stop = False
+            if report is not None:
+                try:
+                    report(metrics)
+                except StopTraining:
+                    stop = True
+            metrics = epochs.send(stop)
+    except StopIteration as done:
+        return done.value
+    finally:
+        epochs.close()
+
+
+def train_epochs(
+    config: MLPConfig,
+    data: Dataset,
+    *,
+    threads: int | None = None,
+    epoch_metrics: Callable[[nn.Module], dict[str, float]] | None = None,
+    checkpoint: Checkpoint | None = None,
+    checkpoint_every: int = 1,
+    resume: TrainState | None = None,
+    device: str | torch.device | None = None,
+    checkpoint_finished: bool = False,
+) -> Epochs[TrainResult]:
+    """The training loop, one epoch at a time: a generator of :class:`EpochMetrics`.
+
+    Each ``next`` / ``send(False)`` trains one epoch and yields its metrics; ``send(True)``
+    stops after the epoch just yielded (``TrainResult.stopped_epoch`` is set, as when a
+    ``report`` raises :class:`StopTraining` in :func:`train`). When training ends (budget
+    reached, patience ran out, or stopped) the best weights are restored where configured, the
+    model is tested, and the generator returns the :class:`TrainResult` (``StopIteration.value``;
+    :func:`drive` unwraps it). The arguments are those of :func:`train`, and are checked
+    here, before the first epoch; nothing trains until the first ``next``.
+
+    ``checkpoint_finished``: also hand ``checkpoint`` the state of the epoch where patience ran
+    out, marked ``finished`` (whatever ``checkpoint_every`` says). Resuming from such a state
+    trains no further epoch: the generator returns that run's result at once. A caller that
+    trains several runs side by side (cross-validation folds) checkpoints finished ones this way.
+    """
     problems = config.task_problems(data.task, data.n_classes)
     if problems:
         raise ValueError(f"config does not fit dataset {data.name!r}: " + "; ".join(problems))
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every={checkpoint_every!r}: must be an integer >= 1")
+    return _epochs(config, data, threads=threads, epoch_metrics=epoch_metrics, checkpoint=checkpoint,
+                   checkpoint_every=checkpoint_every, resume=resume, device=device,
+                   checkpoint_finished=checkpoint_finished)
+
+
+def _epochs(
+    config: MLPConfig,
+    data: Dataset,
+    *,
+    threads: int | None,
+    epoch_metrics: Callable[[nn.Module], dict[str, float]] | None,
+    checkpoint: Checkpoint | None,
+    checkpoint_every: int,
+    resume: TrainState | None,
+    device: str | torch.device | None,
+    checkpoint_finished: bool,
+) -> Epochs[TrainResult]:
     torch.set_num_threads(threads or default_threads())
     torch.manual_seed(config.seed)  # weight init (dropout layers own their mask generators)
     order = torch.Generator().manual_seed(config.seed)  # data order
@@ -437,11 +528,15 @@ def train(
     result = TrainResult(model=model, task=data.task)
     loop = _Loop(model, stepper, schedule, stopper, best, order, result)
     first = 1
+    last = config.epochs
     if resume is not None:
         first = loop.restore(resume) + 1
+        if resume.get(FINISHED):  # patience had run out: nothing left to train
+            result.early_stopped_epoch = first - 1
+            last = first - 1
         logger.info("resuming training after epoch %d", first - 1)
 
-    for epoch in range(first, config.epochs + 1):
+    for epoch in range(first, last + 1):
         started = time.perf_counter()
         lr = schedule.lr(epoch)
         set_lr(stepper.optimizer, lr)
@@ -487,13 +582,12 @@ def train(
             result.history[-1] = metrics
         if checkpoint is not None and epoch % checkpoint_every == 0 and not patience_ran_out:
             checkpoint(loop.state(epoch))
-        if report is not None:
-            try:
-                report(metrics)
-            except StopTraining:
-                result.stopped_epoch = epoch
-                logger.debug("training stopped by the caller after epoch %d", epoch)
-                break
+        elif checkpoint is not None and patience_ran_out and checkpoint_finished:
+            checkpoint({**loop.state(epoch), FINISHED: True})
+        if (yield metrics):
+            result.stopped_epoch = epoch
+            logger.debug("training stopped by the caller after epoch %d", epoch)
+            break
         if patience_ran_out:
             result.early_stopped_epoch = epoch
             logger.debug("early stopping after epoch %d (best val_loss at epoch %d)", epoch, stopper.best_epoch)
