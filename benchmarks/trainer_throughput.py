@@ -16,6 +16,7 @@ What is measured (wall clock, ``time.perf_counter``), all in one process, torch 
 5. **matmul** - a 4096 x 4096 float32 matmul (2 n^3 FLOP): the attainable FLOP/s.
 6. **batch 256** - the trainer and the plain loop again at batch 256 (the targets are judged
    at batch 128, the hardest case; 256 shows how the fixed per-batch costs amortize).
+7. **1 thread** - the trainer and the matmul with one thread: how much the second thread adds.
 
 Each run's figure is the median of its epochs over ``--rounds`` round-robin rounds (default 3):
 other processes, and on a VM its host, slow whichever run they overlap, two OpenMP threads most
@@ -26,7 +27,7 @@ Effective GFLOP/s of a training epoch counts 6 * params * training samples (forw
 backward 4 FLOP per weight and sample). Results go to ``<output-dir>/trainer_throughput.json``
 and ``.md``; the table is also printed.
 
-Run (about four minutes on 2 cores)::
+Run (about four to five minutes on 2 cores)::
 
     python benchmarks/trainer_throughput.py
     python benchmarks/trainer_throughput.py --epochs 1 --output-dir /tmp/smoke   # smoke test
@@ -149,7 +150,8 @@ def markdown(report: dict[str, Any]) -> str:
             ("trainer + dropout 0.2 only", r["trainer_dropout"]), ("trainer + L2 1e-4 only", r["trainer_l2"]),
             ("trainer + batchnorm only", r["trainer_batchnorm"]),
             ("plain DataLoader loop", r["plain_loop"]), ("scikit-learn MLPClassifier", r["sklearn"]),
-            ("trainer (ours), batch 256", r["trainer_b256"]), ("plain DataLoader loop, batch 256", r["plain_loop_b256"])]
+            ("trainer (ours), batch 256", r["trainer_b256"]), ("plain DataLoader loop, batch 256", r["plain_loop_b256"]),
+            ("trainer (ours), 1 thread", r["trainer_1_thread"])]
     lines = [
         f"# Trainer throughput ({report['date']})",
         "",
@@ -167,10 +169,13 @@ def markdown(report: dict[str, Any]) -> str:
     for name, row in rows:
         lines.append(f"| {name} | {row['seconds_per_epoch']:.2f} | {row['gflops']:.1f} | {row['val_accuracy']:.3f} |")
     lines.append(f"| matmul 4096x4096 | - | {r['matmul_gflops']:.1f} | - |")
+    lines.append(f"| matmul 4096x4096, 1 thread | - | {r['matmul_gflops_1_thread']:.1f} | - |")
     lines += ["", "Overhead of each regularizer alone over the plain trainer: "
               + ", ".join(f"{name} {value:+.1%}" for name, value in report["overheads"].items())
               + f". At batch 256 the trainer reaches {report['batch256']['fraction_of_matmul']:.2f} of the matmul "
-              f"FLOP/s and {report['batch256']['speedup_vs_dataloader']:.2f}x the DataLoader loop at that batch."]
+              f"FLOP/s and {report['batch256']['speedup_vs_dataloader']:.2f}x the DataLoader loop at that batch. "
+              f"With 1 thread the trainer reaches {report['one_thread']['fraction_of_matmul']:.2f} of the 1-thread "
+              f"matmul FLOP/s, and a second thread speeds its epoch up {report['one_thread']['second_thread_speedup']:.2f}x."]
     lines += ["", "| target | measured | goal | met |", "|---|---:|---:|---|"]
     for key, value in report["ratios"].items():
         goal = TARGETS[key]
@@ -200,6 +205,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_before = os.getloadavg()
     logger.info("matmul ...")
     results["matmul_gflops"] = matmul_gflops()
+    torch.set_num_threads(1)
+    results["matmul_gflops_1_thread"] = matmul_gflops()
+    torch.set_num_threads(args.threads)
     # Round-robin rounds, pooling every epoch: other processes on a shared
     # machine slow whichever run they overlap, and OpenMP threads suffer most from that.
     runs = {
@@ -211,10 +219,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "trainer_batchnorm": lambda: run_trainer(base.model_copy(update={"norm": "batchnorm"}), data, args.threads),
         "trainer_b256": lambda: run_trainer(base.model_copy(update={"batch_size": 256}), data, args.threads),
         "plain_loop_b256": lambda: run_plain_loop(data, args.epochs, batch_size=256),
+        "trainer_1_thread": lambda: run_trainer(base, data, 1),
     }
     for round_ in range(args.rounds):
         for key, run in runs.items():
             logger.info("round %d: %s ...", round_ + 1, key)
+            torch.set_num_threads(args.threads)  # train() sets it; the plain loop runs with what it finds
             measured = run()
             if key in results:
                 measured["epoch_seconds"] = results[key]["epoch_seconds"] + measured["epoch_seconds"]
@@ -223,11 +233,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         per_epoch = results[key]["epoch_seconds"]
         results[key].update(seconds_per_epoch=statistics.median(per_epoch), fastest_epoch=min(per_epoch),
                             slowest_epoch=max(per_epoch))
+    torch.set_num_threads(args.threads)
     logger.info("scikit-learn ...")
     results["sklearn"] = run_sklearn(data)
     params = results["trainer"]["params"]
     for key in ("trainer", "trainer_regularized", "trainer_dropout", "trainer_l2", "trainer_batchnorm", "plain_loop",
-                "sklearn", "trainer_b256", "plain_loop_b256"):
+                "sklearn", "trainer_b256", "plain_loop_b256", "trainer_1_thread"):
         results[key]["gflops"] = gflops(params, n, results[key]["seconds_per_epoch"])
     ours = results["trainer"]["seconds_per_epoch"]
     report = {
@@ -246,6 +257,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "targets": TARGETS,
         "overheads": {name: results[f"trainer_{name}"]["seconds_per_epoch"] / ours - 1
                       for name in ("dropout", "l2", "batchnorm")},
+        "one_thread": {
+            "fraction_of_matmul": results["trainer_1_thread"]["gflops"] / results["matmul_gflops_1_thread"],
+            "second_thread_speedup": results["trainer_1_thread"]["seconds_per_epoch"] / ours,
+        },
         "batch256": {
             "speedup_vs_dataloader": results["plain_loop_b256"]["seconds_per_epoch"]
             / results["trainer_b256"]["seconds_per_epoch"],
