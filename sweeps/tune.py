@@ -511,9 +511,39 @@ class _SweepCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.discard(trial.trial_id)
-        reason = str(getattr(trial, "error_msg", None) or "the trial raised an error")
-        self.outcomes[trial.trial_id] = (TrialStatus.FAILED, None, reason.strip().splitlines()[-1][:2000])
+        self.outcomes[trial.trial_id] = (TrialStatus.FAILED, None, _error_reason(trial, "the trial raised an error"))
         self._emit(f"trial {trial.trial_id} failed")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Count as failed every trial that Tune ended in ERROR without telling its callbacks.
+
+        Ray Tune 2.60 errors a trial whose reused actor could not be reset (the previous trial's
+        thread had not finished within ``TUNE_FUNCTION_THREAD_TIMEOUT_S``) without calling
+        ``on_trial_error`` and without its retries. Left uncounted, such a trial kept the stage
+        from ever completing: the sweep ended "interrupted", and so did every ``sweep resume``.
+        """
+        for trial in trials:
+            if trial.trial_id in self.outcomes or getattr(trial, "status", None) != "ERROR":
+                continue
+            self.running.discard(trial.trial_id)
+            reason = _error_reason(trial, "Tune ended the trial in error")
+            logger.warning("trial %s ended in error without a report from Tune (%s): counted as failed",
+                           trial.trial_id, reason)
+            self.outcomes[trial.trial_id] = (TrialStatus.FAILED, None, reason)
+            self._emit(f"trial {trial.trial_id} failed")
+
+
+def _error_reason(trial: Any, default: str) -> str:
+    """The last line of what Tune recorded for an errored trial (its error file), else ``default``."""
+    text = str(getattr(trial, "error_msg", None) or "")
+    if not text.strip():
+        try:
+            path = getattr(trial, "error_file", None)
+            text = Path(path).read_text() if path else ""
+        except OSError:
+            text = ""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip()[:2000] if lines else default
 
 
 # ---- the builder ------------------------------------------------------------------------------

@@ -50,3 +50,23 @@ def test_repeat_points_take_the_top_configurations_with_fresh_seeds() -> None:
     assert [(p["config_id"], p["seed"], p["source_trial"]) for p in points] == [
         ("rank1", 1000, "t1"), ("rank1", 1001, "t1"), ("rank2", 1000, "t2"), ("rank2", 1001, "t2")]
     assert points[0]["params"] == {"lr": 0.1, "epochs": 10, "seed": 1000}
+
+
+def test_a_trial_tune_errored_without_a_callback_counts_as_failed(tmp_path) -> None:
+    # Ray Tune errors a trial whose reused actor could not be reset without calling
+    # on_trial_error; uncounted, the stage never completed and every resume ended "interrupted"
+    error_file = tmp_path / "error.txt"
+    error_file.write_text("Failure # 1 (occurred at 2026-12-01_23-30-45)\n"
+                          "Trainable runner reuse requires reset_config() to be implemented and return True.\n")
+    cb = _SweepCallback(SPEC, Sink())
+    _finish(cb, "done", {"epoch": 10, "val_accuracy": 0.9})
+    failed = SimpleNamespace(trial_id="reset", status="ERROR", error_file=str(error_file), config={})
+    reported = SimpleNamespace(trial_id="done", status="TERMINATED", config={})
+    pending = SimpleNamespace(trial_id="pending", status="PENDING", config={})
+    cb.on_experiment_end(trials=[reported, failed, pending])
+    assert cb.outcomes["reset"] == (
+        TrialStatus.FAILED, None, "Trainable runner reuse requires reset_config() to be implemented and return True.")
+    assert cb.outcomes["done"][0] is TrialStatus.COMPLETED  # what the callbacks heard stays
+    assert "pending" not in cb.outcomes  # not ended: a resume continues it
+    cb.on_experiment_end(trials=[SimpleNamespace(trial_id="bare", status="ERROR", config={})])
+    assert cb.outcomes["bare"] == (TrialStatus.FAILED, None, "Tune ended the trial in error")
