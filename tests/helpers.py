@@ -1,10 +1,13 @@
-"""Small datasets and a hand-computed reference step shared by the trainer tests."""
+"""Small datasets, a hand-computed reference step and checkpoint helpers shared by the trainer tests."""
 
 from __future__ import annotations
+
+import io
 
 import torch
 
 from trainer import Dataset, MLPConfig
+from trainer.loop import EpochMetrics, TrainState
 from trainer.model import build_mlp
 
 
@@ -34,3 +37,16 @@ def data_gradient(model: torch.nn.Module, data: Dataset) -> list[torch.Tensor]:
     model.zero_grad()
     torch.nn.functional.cross_entropy(model(data.x_train), data.y_train).backward()
     return [p.grad.clone() for p in model.parameters()]
+
+
+def curves(history: list[EpochMetrics]) -> list[dict[str, float]]:
+    """A run's learning curves without the wall-clock ``epoch_seconds``: what reruns must reproduce."""
+    return [{k: v for k, v in m.as_dict().items() if k != "epoch_seconds"} for m in history]
+
+
+def roundtrip(state: TrainState) -> TrainState:
+    """Through bytes, as a checkpoint on disk is: torch.save, then the safe loader."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import pytest
 import torch
 
+from tests.helpers import curves, roundtrip
 from trainer import DataConfig, Dataset, MLPConfig, StopTraining, load_dataset, train
 from trainer.loop import EpochMetrics, TrainState
 
@@ -19,16 +19,6 @@ def digits() -> Dataset:
     return load_dataset(DataConfig(dataset="digits", max_train_samples=300))
 
 
-def _curves(history: list[EpochMetrics]) -> list[dict[str, float]]:
-    return [{k: v for k, v in m.as_dict().items() if k != "epoch_seconds"} for m in history]
-
-
-def _roundtrip(state: TrainState) -> TrainState:
-    """Through bytes, as a checkpoint on disk is: torch.save, then the safe loader."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -60,8 +50,8 @@ def test_resumed_training_is_the_uninterrupted_run(digits: Dataset, name: str, a
     first = train(config, digits, crash_after, checkpoint=lambda s: states.__setitem__(s["epoch"], s))
     assert first.stopped_epoch == after and sorted(states) == list(range(1, after + 1))
 
-    resumed = train(config, digits, resume=_roundtrip(states[after]))
-    assert _curves(resumed.history) == _curves(straight.history)
+    resumed = train(config, digits, resume=roundtrip(states[after]))
+    assert curves(resumed.history) == curves(straight.history)
     assert resumed.model_epoch == straight.model_epoch
     assert resumed.early_stopped_epoch == straight.early_stopped_epoch
     assert resumed.test == straight.test
@@ -100,7 +90,7 @@ def test_state_from_other_settings_is_refused(digits: Dataset) -> None:
 def test_explicit_cpu_device_is_the_default_path(digits: Dataset) -> None:
     config = MLPConfig(epochs=3, hidden_size=16, dropout=0.2, seed=3)
     default, cpu = train(config, digits), train(config, digits, device="cpu")
-    assert _curves(default.history) == _curves(cpu.history) and default.test == cpu.test
+    assert curves(default.history) == curves(cpu.history) and default.test == cpu.test
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the GPU path of Ray trials)")

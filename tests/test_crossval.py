@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import statistics
 from dataclasses import replace
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import curves, roundtrip
 from trainer import DataConfig, Dataset, MLPConfig, StopTraining, train
 from trainer.crossval import (
     CVResult,
@@ -39,21 +39,12 @@ def uneven(folds: list[Dataset]) -> list[Dataset]:
     return [folds[0], noisy]
 
 
-def _curve(history: list[EpochMetrics]) -> list[dict[str, float]]:
-    return [{k: v for k, v in m.as_dict().items() if k != "epoch_seconds"} for m in history]
-
-
-def _roundtrip(state: TrainState) -> TrainState:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 def _same_folds(a: CVResult, b: CVResult) -> None:
-    assert _curve(a.history) == _curve(b.history)
+    assert curves(a.history) == curves(b.history)
     for fa, fb in zip(a.folds, b.folds):
-        assert _curve(fa.history) == _curve(fb.history)
+        assert curves(fa.history) == curves(fb.history)
         assert fa.test == fb.test and fa.model_epoch == fb.model_epoch
         assert fa.early_stopped_epoch == fb.early_stopped_epoch and fa.stopped_epoch == fb.stopped_epoch
         for (key, x), y in zip(fa.model.state_dict().items(), fb.model.state_dict().values()):
@@ -73,7 +64,7 @@ def test_lockstep_folds_are_the_folds_trained_alone_and_the_curve_is_their_mean(
     cv = train_cv(CONFIG, folds, threads=1, epoch_metrics=hooks)
     alone = [train(CONFIG, f, threads=1, epoch_metrics=h) for f, h in zip(folds, hooks)]
     for lock, single in zip(cv.folds, alone):
-        assert _curve(lock.history) == _curve(single.history)
+        assert curves(lock.history) == curves(single.history)
         assert lock.test == single.test
     assert [m.epoch for m in cv.history] == [1, 2, 3, 4]
     for e, mean in enumerate(cv.history):
@@ -112,7 +103,7 @@ def test_a_fold_whose_patience_ran_out_keeps_its_last_metrics_in_the_mean(uneven
     ends = [len(r.history) for r in alone]
     assert ends[1] < ends[0], ends  # the shuffled-label fold stops first
     for lock, single in zip(cv.folds, alone):
-        assert _curve(lock.history) == _curve(single.history) and lock.test == single.test
+        assert curves(lock.history) == curves(single.history) and lock.test == single.test
     assert len(cv.history) == max(ends)
     for e, mean in enumerate(cv.history):
         carried = [r.history[min(e, len(r.history) - 1)] for r in alone]
@@ -140,7 +131,7 @@ def test_a_resumed_cv_run_continues_identically(folds: list[Dataset], uneven: li
 
     train_cv(config, data, crash, threads=1, checkpoint=lambda s: states.__setitem__(s["epoch"], s))
     assert sorted(states) == list(range(1, after + 1))
-    state = _roundtrip(states[after])
+    state = roundtrip(states[after])
     assert len(state["folds"]) == len(data) and len(state["history"]) == after
     if case == "finished_fold":
         assert state["folds"][1]["finished"] and state["folds"][1]["epoch"] < after
@@ -239,7 +230,7 @@ def test_a_retried_cv_trial_resumes_every_fold_into_the_same_run(tracking_uri: s
     assert [m["epoch"] for m in reported] == [1, 2, 3, 4]  # the retry continued after epoch 2
 
     straight = train_cv(MLPConfig(**config), fold_datasets(data, 3), threads=1)
-    assert [{k: v for k, v in m.items() if k != "epoch_seconds"} for m in reported] == _curve(straight.history)
+    assert [{k: v for k, v in m.items() if k != "epoch_seconds"} for m in reported] == curves(straight.history)
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([tracker.experiment_id], f"tags.`{T.ROLE}` = 'trial'")
     assert run.data.tags[T.RESTARTS] == "1" and run.data.tags[T.RESUMED_FROM_EPOCH] == "2"
