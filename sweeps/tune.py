@@ -69,7 +69,23 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-THREAD_TIMEOUT_S = "30"  # how long a reused actor waits for a stopped trial to close its MLflow run
+MIN_THREAD_TIMEOUT_S = 30  # the least a reused actor waits for a stopped trial to close its MLflow run
+
+
+def thread_timeout_s(retry_seconds: float) -> int:
+    """Seconds a reused actor waits for the previous trial's thread to end (Tune's actor reset).
+
+    The thread may still be closing its MLflow run, which retries an unreachable tracking
+    server for up to ``retry_seconds``. Waiting less makes Tune error the *next* trial, without
+    retries or callbacks (Ray Tune 2.60), so the wait covers the retry window plus a margin;
+    a paused process (SIGSTOP, a suspended laptop) counts against this wall-clock wait too.
+
+    >>> thread_timeout_s(600.0)
+    630
+    >>> thread_timeout_s(0.0)
+    30
+    """
+    return MIN_THREAD_TIMEOUT_S + math.ceil(retry_seconds)
 
 
 @dataclass(frozen=True)
@@ -193,7 +209,7 @@ def _restored_checkpoint() -> tuple[dict[str, Any], dict[str, Any]] | None:
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Train one configuration, reporting every epoch to Tune and to the trial's MLflow run."""
-    os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = THREAD_TIMEOUT_S
+    os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(thread_timeout_s(ctx.retry_seconds))
     trial_id = tune.get_context().get_trial_id()
     builtin = ctx.trainer == "mlp"
     repeat = config.get(REPEAT_KEY)
@@ -366,7 +382,8 @@ class _WaitForTrialThread:
         thread = getattr(session, "training_thread", None)
         if session is not None and thread is not None and thread.is_alive():
             try:
-                session.finish(timeout=float(THREAD_TIMEOUT_S))
+                timeout = float(os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", MIN_THREAD_TIMEOUT_S))
+                session.finish(timeout=timeout)
             except BaseException:  # noqa: BLE001 - the trial's own error is reported by super()
                 pass
         super().cleanup()  # type: ignore[misc]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 from dataclasses import replace
 
@@ -228,6 +229,7 @@ def test_a_retried_cv_trial_resumes_every_fold_into_the_same_run(tracking_uri: s
     monkeypatch.setattr(st.tune, "report", lambda metrics, checkpoint=None: reported.append(metrics))
     st.run_trial(dict(config), ctx)
     assert [m["epoch"] for m in reported] == [1, 2, 3, 4]  # the retry continued after epoch 2
+    assert os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] == "630"  # the actor reset outwaits retry_seconds=600
 
     straight = train_cv(MLPConfig(**config), fold_datasets(data, 3), threads=1)
     assert [{k: v for k, v in m.items() if k != "epoch_seconds"} for m in reported] == curves(straight.history)

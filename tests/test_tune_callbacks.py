@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from sweeps.progress import SweepSnapshot
-from sweeps.tune import _SweepCallback, repeat_points
+from sweeps.tune import MIN_THREAD_TIMEOUT_S, _SweepCallback, repeat_points, thread_timeout_s
 from sweeps.validate import load_spec_text
 from tracking import TrialStatus
 from trainer.loop import EARLY_STOPPED
@@ -70,3 +70,11 @@ def test_a_trial_tune_errored_without_a_callback_counts_as_failed(tmp_path) -> N
     assert "pending" not in cb.outcomes  # not ended: a resume continues it
     cb.on_experiment_end(trials=[SimpleNamespace(trial_id="bare", status="ERROR", config={})])
     assert cb.outcomes["bare"] == (TrialStatus.FAILED, None, "Tune ended the trial in error")
+
+
+def test_a_reused_actor_waits_out_the_tracking_retry_window() -> None:
+    # Tune errors the next trial when the previous trial's thread outlives this wait, so the wait
+    # covers the window in which a trial retries an unreachable MLflow server.
+    assert thread_timeout_s(600.0) == 630
+    assert thread_timeout_s(12.2) == 43
+    assert thread_timeout_s(0.0) == MIN_THREAD_TIMEOUT_S == 30
