@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 # and never drive the search: selecting on the test split would make it a validation split.
 BUILTIN_EPOCH_METRICS = epoch_metric_names()
 TASK_DEPENDENT_PARAMETERS = ("loss", "class_weight", "label_smoothing")
+IMAGE_PARAMETERS = ("augment_shift", "augment_flip")  # need image rows (data.known_image_shape())
 _MISSING = object()
 
 
@@ -322,6 +323,7 @@ def _spec_problems(spec: SweepSpec) -> list[SpecProblem]:
                                 f"use goal: {'maximize' if mode == 'max' else 'minimize'}"))
         if task is not None:
             problems.extend(_task_problems(spec, task))
+        problems.extend(_image_problems(spec))
     else:
         problems.extend(_user_trainer_problems(spec.trainer))
     if spec.metric.name.startswith("test_"):
@@ -462,6 +464,22 @@ def _task_problems(spec: SweepSpec, task: str) -> list[SpecProblem]:
                 rule = why.partition(": ")[2]
                 problems.append(SpecProblem(("parameters", name) + suffix, value,
                                             f"{rule} (dataset {spec.data.dataset!r} is {task})"))
+    return problems
+
+
+def _image_problems(spec: SweepSpec) -> list[SpecProblem]:
+    """Augmentation values the data block's rows cannot take (no images, a shift too large)."""
+    problems: list[SpecProblem] = []
+    shape = spec.data.known_image_shape()
+    for name in IMAGE_PARAMETERS:
+        p = spec.parameters.get(name)
+        if p is None:
+            continue
+        for suffix, value in _values_of(p):
+            if _field_error(name, value):
+                continue  # already reported
+            for why in MLPConfig.model_validate({name: value}).image_problems(shape, spec.data.dataset):
+                problems.append(SpecProblem(("parameters", name) + suffix, value, why.partition(": ")[2]))
     return problems
 
 

@@ -21,6 +21,9 @@ Regularizers
     - ``input_noise``, ``weight_noise``, ``grad_noise`` sigma: x + N(0, sigma^2) on inputs,
       w + N(0, sigma^2) on Linear weights during the training forward pass only, and
       g + N(0, sigma^2) on gradients (the course's N(0, 0.1) is ``grad_noise: 0.1``)
+    - ``augment_flip``, ``augment_shift`` s (image datasets): each training image, each time it is
+      drawn, mirrored left-right with probability 1/2 and translated by (dy, dx) uniform on -s..s,
+      blank pixels shifted in (:mod:`trainer.augment`)
     - ``label_smoothing`` eps: target (1 - eps) onehot + eps / K (binary: K = 2)
     - ``clip_grad_norm`` c: g <- g min(1, c / ||g||) over all parameters together
     - early stopping on ``val_loss``: stop after ``early_stopping_patience`` epochs without
@@ -92,6 +95,8 @@ class MLPConfig(BaseModel):
     input_noise: float = Field(0.0, ge=0.0)  # sigma of Gaussian noise added to training inputs
     weight_noise: float = Field(0.0, ge=0.0)  # sigma of Gaussian noise on weights in the training forward pass
     grad_noise: float = Field(0.0, ge=0.0)  # sigma of Gaussian noise added to every gradient
+    augment_shift: int = Field(0, ge=0)  # image datasets: random translation of each training image by up to this many pixels per axis
+    augment_flip: bool = False  # image datasets: mirror each training image left-right with probability 1/2
     clip_grad_norm: float | None = Field(None, gt=0.0)  # max global L2 norm of the gradient; None: no clipping
     early_stopping_patience: int | None = Field(None, ge=1)  # epochs without val_loss improvement; None: off
     early_stopping_min_delta: float = Field(0.0, ge=0.0)  # an improvement must lower val_loss by more than this
@@ -176,6 +181,26 @@ class MLPConfig(BaseModel):
                 problems.append(f"class_weight={_show(self.class_weight)}: has {len(self.class_weight)} "
                                 f"weights; the dataset has {n_classes} classes")
         return problems
+
+
+    def image_problems(self, image_shape: tuple[int, int] | None, dataset: str) -> list[str]:
+        """Why this config's image augmentation cannot run on ``dataset`` (empty: it can).
+
+        Example:
+            >>> MLPConfig(augment_shift=2).image_problems(None, "diabetes")
+            ["augment_shift=2: augmentation needs image rows; dataset 'diabetes' has none (a csv / npz of images sets data.image_shape)"]
+        """
+        used = [f"augment_shift={self.augment_shift}"] if self.augment_shift else []
+        used += ["augment_flip=True"] if self.augment_flip else []
+        if not used:
+            return []
+        if image_shape is None:
+            return [f"{used[0]}: augmentation needs image rows; dataset {dataset!r} has none "
+                    "(a csv / npz of images sets data.image_shape)"]
+        if self.augment_shift >= min(image_shape):
+            return [f"augment_shift={self.augment_shift}: must be smaller than the shorter side of the "
+                    f"{image_shape[0]}x{image_shape[1]} images of {dataset!r}"]
+        return []
 
 
 def _show(value: object) -> str:

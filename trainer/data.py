@@ -78,6 +78,8 @@ KNOWN_TASKS: dict[str, Task] = {
     "breast_cancer": "binary", "diabetes": "regression",
 }
 KNOWN_CLASSES: dict[str, int] = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "breast_cancer": 2}
+# (height, width) of the built-in datasets whose rows are images, row-major (augmentation needs it)
+KNOWN_IMAGE_SHAPES: dict[str, tuple[int, int]] = {"digits": (8, 8), "mnist": (28, 28), "fashion_mnist": (28, 28)}
 MAX_INFERRED_CLASSES = 20  # an integer target with more distinct values is inferred to be regression
 
 
@@ -104,8 +106,9 @@ class DataConfig(BaseModel):
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # share of the training pool held out for validation
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # share held out for test (datasets without an official test split)
     split_seed: int = Field(0, ge=0)  # seed of the (stratified) splits
-    normalize: Literal["none", "minmax", "standardize"] = "standardize"  # fitted on the train split only
+    normalize: Literal["none", "minmax", "standardize", "standardize_all"] = "standardize"  # fitted on the train split only
     max_train_samples: int | None = Field(None, ge=1)  # subsample the train split for cheap coarse searches
+    image_shape: tuple[int, int] | None = None  # [height, width] of csv / npz rows that are row-major images
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -118,6 +121,12 @@ class DataConfig(BaseModel):
         known = KNOWN_TASKS.get(self.dataset)
         if known is not None and self.task is not None and self.task != known:
             raise ValueError(f"task={self.task!r}: dataset {self.dataset!r} is a {known} task")
+        if self.image_shape is not None:
+            if self.dataset not in ("csv", "npz"):
+                raise ValueError(f"image_shape={list(self.image_shape)!r}: only for csv / npz files; dataset "
+                                 f"{self.dataset!r} has its own ({_shape_text(KNOWN_IMAGE_SHAPES.get(self.dataset))})")
+            if min(self.image_shape) < 1:
+                raise ValueError(f"image_shape={list(self.image_shape)!r}: height and width must be >= 1")
         if self.checksums is not None:
             for name, value in self.checksums.items():
                 algorithm, _, digest = value.partition(":")
@@ -132,6 +141,14 @@ class DataConfig(BaseModel):
     def known_task(self) -> Task | None:
         """The task, when it is known without reading the data (None: inferred from a file)."""
         return self.task or KNOWN_TASKS.get(self.dataset)
+
+    def known_image_shape(self) -> tuple[int, int] | None:
+        """(height, width) when the rows are images: the built-in image datasets', or ``image_shape``."""
+        return self.image_shape or KNOWN_IMAGE_SHAPES.get(self.dataset)
+
+
+def _shape_text(shape: tuple[int, int] | None) -> str:
+    return f"{shape[0]}x{shape[1]} images" if shape else "no images"
 
 
 @dataclass(frozen=True)
@@ -151,6 +168,11 @@ class Dataset:
     y_test: torch.Tensor
     class_names: tuple[str, ...]
     task: Task = "multiclass"
+    image_shape: tuple[int, int] | None = None  # (height, width) when each row is a row-major image
+    # the normalization x_norm = (x - feature_offset) / feature_scale fitted on the train split
+    # (per feature; None: the rows are raw), which image augmentation undoes and reapplies
+    feature_offset: torch.Tensor | None = None
+    feature_scale: torch.Tensor | None = None
 
     @property
     def n_features(self) -> int:
@@ -434,7 +456,11 @@ def assemble(
         rng = np.random.default_rng(config.split_seed)
         keep = np.sort(rng.choice(len(x_train), size=config.max_train_samples, replace=False))
         x_train, y_train = x_train[keep], y_train[keep]
-    x_train, x_val, x_test = _normalize(config.normalize, x_train, x_val, x_test)
+    (x_train, x_val, x_test), offset, scale = _normalize(config.normalize, x_train, x_val, x_test)
+    shape = config.known_image_shape()
+    if shape is not None and shape[0] * shape[1] != x_train.shape[1]:
+        raise ValueError(f"image_shape={list(shape)!r}: {shape[0]} x {shape[1]} = {shape[0] * shape[1]} pixels, "
+                         f"but {config.path or raw.name} has {x_train.shape[1]} features per row")
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a))
@@ -444,7 +470,9 @@ def assemble(
         x_train=t(x_train), y_train=t(y_train),
         x_val=t(x_val), y_val=t(y_val),
         x_test=t(x_test), y_test=t(y_test),
-        class_names=raw.class_names, task=raw.task,
+        class_names=raw.class_names, task=raw.task, image_shape=shape,
+        feature_offset=None if offset is None else torch.from_numpy(offset),
+        feature_scale=None if scale is None else torch.from_numpy(scale),
     )
 
 
@@ -470,16 +498,29 @@ def load_dataset(config: DataConfig) -> Dataset:
     return data
 
 
-def _normalize(kind: str, train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+def _normalize(
+    kind: str, train: np.ndarray, *others: np.ndarray,
+) -> tuple[tuple[np.ndarray, ...], np.ndarray | None, np.ndarray | None]:
+    """The splits as (x - offset) / scale with statistics of ``train``, and (offset, scale).
+
+    ``minmax`` / ``standardize`` are per feature; ``standardize_all`` uses one mean and standard
+    deviation over all features (the usual image normalization: a translated or mirrored image
+    stays on the same scale). A constant feature gets scale 1.
+    """
     if kind == "none":
-        return (train, *others)
+        return (train, *others), None, None
     if kind == "minmax":
-        lo, hi = train.min(axis=0), train.max(axis=0)
-        scale = np.where(hi > lo, hi - lo, 1.0)
-        return tuple(((a - lo) / scale).astype(np.float32) for a in (train, *others))
-    mean, std = train.mean(axis=0), train.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    return tuple(((a - mean) / std).astype(np.float32) for a in (train, *others))
+        offset, hi = train.min(axis=0), train.max(axis=0)
+        scale = np.where(hi > offset, hi - offset, 1.0)
+    elif kind == "standardize_all":
+        std = float(train.std())
+        offset = np.full(train.shape[1], train.mean(), dtype=np.float64)
+        scale = np.full(train.shape[1], std if std > 0 else 1.0)
+    else:
+        offset, scale = train.mean(axis=0), train.std(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
+    offset, scale = offset.astype(np.float32), scale.astype(np.float32)
+    return tuple(((a - offset) / scale).astype(np.float32) for a in (train, *others)), offset, scale
 
 
 def default_threads() -> int:

@@ -17,6 +17,7 @@ bit-identical to those of an uninterrupted run.
 
 One optimization step on a batch, in order:
 
+0. image inputs mirrored and translated at random (augment_flip, augment_shift; :mod:`trainer.augment`)
 1. inputs + N(0, input_noise^2); weights + N(0, weight_noise^2) (removed again after backward)
 2. forward, training loss (label smoothing and class weights included), backward
 3. gradients + l1 sign(w) + 2 l2 w; + N(0, grad_noise^2); clipped to a global norm of clip_grad_norm
@@ -42,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainer.augment import AUGMENT_SEED_OFFSET, ImageAugmenter
 from trainer.config import MLPConfig, Task
 from trainer.data import Dataset, default_threads
 from trainer.losses import TrainingLoss, class_weights, per_sample_loss
@@ -213,6 +215,7 @@ class _Loop:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
                 "order": self.order.get_state(),
                 "noise": self.stepper.noise.get_state(),
+                **({"augment": self.stepper.augment.generator.get_state()} if self.stepper.augment else {}),
                 "model": {k: _generator_state(g) for k, g in _generators(self.model).items()},
             },
             "history": [asdict(m) for m in self.result.history],
@@ -238,6 +241,10 @@ class _Loop:
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.order.set_state(rng["order"])
         self.stepper.noise.set_state(rng["noise"])
+        if (self.stepper.augment is None) != ("augment" not in rng):
+            raise ValueError("the checkpoint was written with other augmentation settings than this config")
+        if self.stepper.augment is not None:
+            self.stepper.augment.generator.set_state(rng["augment"])
         generators = _generators(self.model)
         if set(generators) != set(rng["model"]):
             raise ValueError(f"the checkpoint's layer generators {sorted(rng['model'])} are not the model's "
@@ -320,10 +327,22 @@ class _Stepper:
         self.weight_noise = (
             WeightNoise(weight_matrices(model), config.weight_noise, self.noise) if config.weight_noise > 0 else None
         )
+        self.augment = None
+        if config.augment_shift or config.augment_flip:
+            problems = config.image_problems(data.image_shape, data.name)
+            if problems or data.image_shape is None:
+                raise ValueError("; ".join(problems))
+            self.augment = ImageAugmenter(
+                data.image_shape, config.augment_shift, config.augment_flip,
+                offset=data.feature_offset, scale=data.feature_scale,
+                generator=torch.Generator().manual_seed(config.seed + AUGMENT_SEED_OFFSET),
+            ).to(self.params[0].device)
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor, lr: float) -> torch.Tensor:
         """Train on one batch; returns the model output (detached) and leaves the loss in ``self.loss``."""
         c = self.config
+        if self.augment is not None:
+            xb = self.augment(xb)
         if c.input_noise > 0:
             xb = xb + c.input_noise * torch.randn(xb.shape, generator=self.noise)
         if self.weight_noise is not None:
@@ -478,7 +497,7 @@ def train_epochs(
     trains no further epoch: the generator returns that run's result at once. A caller that
     trains several runs side by side (cross-validation folds) checkpoints finished ones this way.
     """
-    problems = config.task_problems(data.task, data.n_classes)
+    problems = config.task_problems(data.task, data.n_classes) + config.image_problems(data.image_shape, data.name)
     if problems:
         raise ValueError(f"config does not fit dataset {data.name!r}: " + "; ".join(problems))
     if checkpoint_every < 1:
