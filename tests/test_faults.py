@@ -102,6 +102,42 @@ def test_killed_worker_resumes_into_the_same_run(ray_session, tmp_path: Path) ->
     assert other.data.tags.get(tags.RESTARTS) is None
 
 
+def test_killed_cross_validated_worker_resumes_every_fold(ray_session, tmp_path: Path) -> None:
+    """A CV trial's checkpoint holds all k folds: killed mid-trial, the retry continues each fold
+    into the same run, and the fold-mean curve is the uninterrupted lockstep run's, value for value."""
+    from trainer import MLPConfig
+    from trainer.crossval import fold_datasets, train_cv
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    text = SLOW_SWEEP.replace("name: faults", "name: faults-cv").replace("lr: {values: [0.01, 0.02]}", "lr: {values: [0.02]}")
+    spec = load_spec_text(text + "cross_validation: {folds: 3}\n", "faults-cv.yaml", [f"tracking.uri={uri}"])
+    client = MlflowClient(uri)
+    killer = Killer(client, "faults-cv")
+    killer.start()
+    try:
+        outcome = run_sweep(spec, results_dir=tmp_path / "results")
+    finally:
+        killer.done.set()
+        killer.join()
+    assert killer.killed is not None, "no trial ran long enough to be killed"
+    run_id, pid, steps_at_kill = killer.killed
+    assert outcome.status == "completed"
+    (child,) = client.search_runs([outcome.experiment_id], f"tags.`{tags.ROLE}` = 'trial'")
+    assert child.info.run_id == run_id and child.data.tags[tags.TRIAL_STATUS] == "completed"
+    assert child.data.tags[tags.RESTARTS] == "1" and child.data.tags[tags.CV_FOLDS] == "3"
+    assert 1 <= int(child.data.tags[tags.RESUMED_FROM_EPOCH]) <= steps_at_kill
+
+    p = child.data.params
+    config = MLPConfig(epochs=EPOCHS, hidden_size=32, batch_size=2, lr=0.02, optimizer="sgd", dropout=0.2,
+                       seed=int(p["seed"]))
+    straight = train_cv(config, fold_datasets(spec.data, 3), threads=1)
+    for key in ("val_loss", "val_accuracy", "train_loss"):
+        logged = [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+        assert sorted(logged) == [(m.epoch, getattr(m, key)) for m in straight.history], key
+    for key, value in straight.summary().items():
+        assert child.data.metrics[key] == pytest.approx(value, rel=1e-12), key
+
+
 # ---- the driver killed mid-sweep, then `sweep resume` -----------------------------------------
 RESUMABLE_SWEEP = """
 name: resumable
