@@ -7,7 +7,8 @@ What is measured (wall clock, ``time.perf_counter``), all in one process, torch 
    784-256-256-10 ReLU MLP, Adam, batch 128, ``--epochs`` epochs (default 3). Seconds per
    epoch are the trainer's own ``epoch_seconds`` (training *and* the validation pass).
 2. **trainer, regularized** - the same with dropout 0.2, L2 1e-4 and batchnorm; and each of
-   the three alone (what each one costs).
+   the three alone (what each one costs); and image augmentation (``augment_shift`` 2 with
+   ``augment_flip``), which is not part of the regularized run.
 3. **plain loop** - the course-material loop: ``DataLoader(TensorDataset(x, y),
    batch_size=128, shuffle=True)``, ``model.train()``, zero_grad / forward / loss /
    backward / step, ``loss.item()`` per batch, then a validation pass over a
@@ -149,6 +150,7 @@ def markdown(report: dict[str, Any]) -> str:
     rows = [("trainer (ours)", r["trainer"]), ("trainer + dropout/L2/batchnorm", r["trainer_regularized"]),
             ("trainer + dropout 0.2 only", r["trainer_dropout"]), ("trainer + L2 1e-4 only", r["trainer_l2"]),
             ("trainer + batchnorm only", r["trainer_batchnorm"]),
+            ("trainer + augment shift 2 + flip only", r["trainer_augment"]),
             ("plain DataLoader loop", r["plain_loop"]), ("scikit-learn MLPClassifier", r["sklearn"]),
             ("trainer (ours), batch 256", r["trainer_b256"]), ("plain DataLoader loop, batch 256", r["plain_loop_b256"]),
             ("trainer (ours), 1 thread", r["trainer_1_thread"])]
@@ -217,6 +219,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "trainer_dropout": lambda: run_trainer(base.model_copy(update={"dropout": 0.2}), data, args.threads),
         "trainer_l2": lambda: run_trainer(base.model_copy(update={"l2": 1e-4}), data, args.threads),
         "trainer_batchnorm": lambda: run_trainer(base.model_copy(update={"norm": "batchnorm"}), data, args.threads),
+        "trainer_augment": lambda: run_trainer(base.model_copy(update={"augment_shift": 2, "augment_flip": True}),
+                                               data, args.threads),
         "trainer_b256": lambda: run_trainer(base.model_copy(update={"batch_size": 256}), data, args.threads),
         "plain_loop_b256": lambda: run_plain_loop(data, args.epochs, batch_size=256),
         "trainer_1_thread": lambda: run_trainer(base, data, 1),
@@ -237,8 +241,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logger.info("scikit-learn ...")
     results["sklearn"] = run_sklearn(data)
     params = results["trainer"]["params"]
-    for key in ("trainer", "trainer_regularized", "trainer_dropout", "trainer_l2", "trainer_batchnorm", "plain_loop",
-                "sklearn", "trainer_b256", "plain_loop_b256", "trainer_1_thread"):
+    for key in ("trainer", "trainer_regularized", "trainer_dropout", "trainer_l2", "trainer_batchnorm",
+                "trainer_augment", "plain_loop", "sklearn", "trainer_b256", "plain_loop_b256", "trainer_1_thread"):
         results[key]["gflops"] = gflops(params, n, results[key]["seconds_per_epoch"])
     ours = results["trainer"]["seconds_per_epoch"]
     report = {
@@ -256,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "targets": TARGETS,
         "overheads": {name: results[f"trainer_{name}"]["seconds_per_epoch"] / ours - 1
-                      for name in ("dropout", "l2", "batchnorm")},
+                      for name in ("dropout", "l2", "batchnorm", "augment")},
         "one_thread": {
             "fraction_of_matmul": results["trainer_1_thread"]["gflops"] / results["matmul_gflops_1_thread"],
             "second_thread_speedup": results["trainer_1_thread"]["seconds_per_epoch"] / ours,

@@ -60,7 +60,9 @@ class ImageAugmenter:
         self.shape, self.shift, self.flip = (height, width), shift, flip
         self.generator = generator
         self.offset, self.scale = offset, scale
+        # normalizing again is one fused pass: z = x / scale - offset / scale
         self.inv_scale = None if scale is None else 1.0 / scale
+        self.shifted_offset = None if scale is None else -offset * self.inv_scale  # type: ignore[operator]
         s, padded_width = shift, width + 2 * shift
         moves = torch.arange(-s, s + 1)
         # index into the image padded by s blank pixels on every side: always in range
@@ -88,11 +90,11 @@ class ImageAugmenter:
         out = torch.gather(padded, 1, index.to(x.device))
         if self.scale is None:
             return out
-        return (out - self.offset) * self.inv_scale  # type: ignore[operator]
+        return torch.addcmul(self.shifted_offset, out, self.inv_scale)  # type: ignore[arg-type]
 
     def to(self, device: torch.device) -> ImageAugmenter:
         """Move the normalization statistics (the index tables stay on the CPU)."""
-        for name in ("offset", "scale", "inv_scale"):
+        for name in ("offset", "scale", "inv_scale", "shifted_offset"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.to(device))
