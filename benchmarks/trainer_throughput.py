@@ -4,7 +4,7 @@ What is measured (wall clock, ``time.perf_counter``), all in one process, torch 
 ``--threads`` intra-op threads (default 2):
 
 1. **trainer** - :func:`trainer.train` on Fashion-MNIST (the real IDX files), a
-   784-256-256-10 ReLU MLP, Adam, batch 128, ``--epochs`` epochs (default 3). Seconds per
+   784-256-256-10 ReLU MLP, Adam, batch 128, ``--epochs`` epochs per round (default 1). Seconds per
    epoch are the trainer's own ``epoch_seconds`` (training *and* the validation pass).
 2. **trainer, regularized** - the same with dropout 0.2, L2 1e-4 and batchnorm; and each of
    the three alone (what each one costs); and image augmentation (``augment_shift`` 2 with
@@ -19,10 +19,13 @@ What is measured (wall clock, ``time.perf_counter``), all in one process, torch 
    at batch 128, the hardest case; 256 shows how the fixed per-batch costs amortize).
 7. **1 thread** - the trainer and the matmul with one thread: how much the second thread adds.
 
-Each run's figure is the median of its epochs over ``--rounds`` round-robin rounds (default 3):
-other processes, and on a VM its host, slow whichever run they overlap, two OpenMP threads most
-of all (run it on an otherwise idle machine: one other busy process can slow a two-thread epoch
-tenfold). The fastest and slowest epochs are kept in the JSON.
+Every run, the matmul included, is repeated in ``--rounds`` round-robin rounds (default 9).
+Each run's table figure is the median of its epochs over all rounds. The ratios (the targets,
+each regularizer's overhead) are **paired**: the median over rounds of the ratio of two runs in
+the same round. On a VM whose speed drifts by 20-30% from minute to minute, this compares runs
+made under the same conditions. Other processes slow whichever run they overlap, two OpenMP
+threads most of all (run it on an otherwise idle machine: one other busy process can slow a
+two-thread epoch tenfold). The fastest and slowest epochs are kept in the JSON.
 
 Effective GFLOP/s of a training epoch counts 6 * params * training samples (forward 2,
 backward 4 FLOP per weight and sample). Results go to ``<output-dir>/trainer_throughput.json``
@@ -31,7 +34,7 @@ and ``.md``; the table is also printed.
 Run (about four to five minutes on 2 cores)::
 
     python benchmarks/trainer_throughput.py
-    python benchmarks/trainer_throughput.py --epochs 1 --output-dir /tmp/smoke   # smoke test
+    python benchmarks/trainer_throughput.py --rounds 1 --output-dir /tmp/smoke   # smoke test
 """
 
 from __future__ import annotations
@@ -145,6 +148,11 @@ def gflops(params: int, samples: int, seconds: float) -> float:
     return 6 * params * samples / seconds / 1e9
 
 
+def paired(numerator: list[float], denominator: list[float]) -> float:
+    """The median over rounds of numerator / denominator measured in the same round."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
+
+
 def markdown(report: dict[str, Any]) -> str:
     r = report["results"]
     rows = [("trainer (ours)", r["trainer"]), ("trainer + dropout/L2/batchnorm", r["trainer_regularized"]),
@@ -159,8 +167,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Fashion-MNIST, {report['setup']['train_samples']} training samples, 784-256-256-10 MLP, "
         f"batch {BATCH}, Adam, torch {report['setup']['torch']} with {report['setup']['threads']} threads, "
-        f"{report['setup']['epochs']} epochs; each run's figure is the median of its epochs over "
-        f"{report['setup']['rounds']} round-robin rounds (this VM's two vCPUs are shared with its host: the "
+        f"{report['setup']['epochs']} epoch(s) per round, {report['setup']['rounds']} round-robin rounds; "
+        "each run's figure is the median of its epochs over all rounds, and the ratios below are paired: the "
+        "median over rounds of the ratio within a round (this VM's two vCPUs are shared with its host: the "
         "same epoch varies by up to 30%; the fastest and slowest epochs are in the JSON). "
         "Seconds per epoch include the validation pass (scikit-learn: fit only). 1-minute load average "
         f"{report['setup']['load_average_before'][0]:.1f} before, {report['setup']['load_average_after'][0]:.1f} after.",
@@ -172,7 +181,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {row['seconds_per_epoch']:.2f} | {row['gflops']:.1f} | {row['val_accuracy']:.3f} |")
     lines.append(f"| matmul 4096x4096 | - | {r['matmul_gflops']:.1f} | - |")
     lines.append(f"| matmul 4096x4096, 1 thread | - | {r['matmul_gflops_1_thread']:.1f} | - |")
-    lines += ["", "Overhead of each regularizer alone over the plain trainer: "
+    lines += ["", "Overhead of each regularizer alone over the plain trainer (paired): "
               + ", ".join(f"{name} {value:+.1%}" for name, value in report["overheads"].items())
               + f". At batch 256 the trainer reaches {report['batch256']['fraction_of_matmul']:.2f} of the matmul "
               f"FLOP/s and {report['batch256']['speedup_vs_dataloader']:.2f}x the DataLoader loop at that batch. "
@@ -190,9 +199,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per run and round")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3, help="round-robin repetitions; the median epoch counts")
+    parser.add_argument("--rounds", type=int, default=9, help="round-robin repetitions; ratios pair runs of a round")
     parser.add_argument("--output-dir", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -205,11 +214,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     results: dict[str, Any] = {}
     load_before = os.getloadavg()
-    logger.info("matmul ...")
-    results["matmul_gflops"] = matmul_gflops()
-    torch.set_num_threads(1)
-    results["matmul_gflops_1_thread"] = matmul_gflops()
-    torch.set_num_threads(args.threads)
+    rounds: dict[str, list[float]] = {"matmul": [], "matmul_1_thread": []}  # per round: GFLOP/s, or s / epoch
+
+    def matmuls() -> None:
+        torch.set_num_threads(args.threads)
+        rounds["matmul"].append(matmul_gflops(repeats=3))
+        torch.set_num_threads(1)
+        rounds["matmul_1_thread"].append(matmul_gflops(repeats=3))
+        torch.set_num_threads(args.threads)
     # Round-robin rounds, pooling every epoch: other processes on a shared
     # machine slow whichever run they overlap, and OpenMP threads suffer most from that.
     runs = {
@@ -226,13 +238,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "trainer_1_thread": lambda: run_trainer(base, data, 1),
     }
     for round_ in range(args.rounds):
+        logger.info("round %d: matmul ...", round_ + 1)
+        matmuls()
         for key, run in runs.items():
             logger.info("round %d: %s ...", round_ + 1, key)
             torch.set_num_threads(args.threads)  # train() sets it; the plain loop runs with what it finds
             measured = run()
+            rounds.setdefault(key, []).append(statistics.median(measured["epoch_seconds"]))
             if key in results:
                 measured["epoch_seconds"] = results[key]["epoch_seconds"] + measured["epoch_seconds"]
             results[key] = measured
+    results["matmul_gflops"] = statistics.median(rounds["matmul"])
+    results["matmul_gflops_1_thread"] = statistics.median(rounds["matmul_1_thread"])
     for key in runs:  # the median epoch of all rounds; the fastest and slowest are kept beside it
         per_epoch = results[key]["epoch_seconds"]
         results[key].update(seconds_per_epoch=statistics.median(per_epoch), fastest_epoch=min(per_epoch),
@@ -244,7 +261,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for key in ("trainer", "trainer_regularized", "trainer_dropout", "trainer_l2", "trainer_batchnorm",
                 "trainer_augment", "plain_loop", "sklearn", "trainer_b256", "plain_loop_b256", "trainer_1_thread"):
         results[key]["gflops"] = gflops(params, n, results[key]["seconds_per_epoch"])
-    ours = results["trainer"]["seconds_per_epoch"]
+    ours = rounds["trainer"]
+
+    def rate(key: str) -> list[float]:  # effective GFLOP/s of each round
+        return [gflops(params, n, seconds) for seconds in rounds[key]]
     report = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "setup": {"train_samples": n, "val_samples": len(data.x_val), "epochs": args.epochs, "batch_size": BATCH,
@@ -253,22 +273,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "params": params, "rounds": args.rounds,
                   "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "results": results,
+        "rounds": rounds,
         "ratios": {
-            "speedup_vs_dataloader": results["plain_loop"]["seconds_per_epoch"] / ours,
-            "fraction_of_matmul": results["trainer"]["gflops"] / results["matmul_gflops"],
-            "regularization_overhead": results["trainer_regularized"]["seconds_per_epoch"] / ours - 1,
+            "speedup_vs_dataloader": paired(rounds["plain_loop"], ours),
+            "fraction_of_matmul": paired(rate("trainer"), rounds["matmul"]),
+            "regularization_overhead": paired(rounds["trainer_regularized"], ours) - 1,
         },
         "targets": TARGETS,
-        "overheads": {name: results[f"trainer_{name}"]["seconds_per_epoch"] / ours - 1
+        "overheads": {name: paired(rounds[f"trainer_{name}"], ours) - 1
                       for name in ("dropout", "l2", "batchnorm", "augment")},
         "one_thread": {
-            "fraction_of_matmul": results["trainer_1_thread"]["gflops"] / results["matmul_gflops_1_thread"],
-            "second_thread_speedup": results["trainer_1_thread"]["seconds_per_epoch"] / ours,
+            "fraction_of_matmul": paired(rate("trainer_1_thread"), rounds["matmul_1_thread"]),
+            "second_thread_speedup": paired(rounds["trainer_1_thread"], ours),
         },
         "batch256": {
-            "speedup_vs_dataloader": results["plain_loop_b256"]["seconds_per_epoch"]
-            / results["trainer_b256"]["seconds_per_epoch"],
-            "fraction_of_matmul": results["trainer_b256"]["gflops"] / results["matmul_gflops"],
+            "speedup_vs_dataloader": paired(rounds["plain_loop_b256"], rounds["trainer_b256"]),
+            "fraction_of_matmul": paired(rate("trainer_b256"), rounds["matmul"]),
         },
     }
     args.output_dir.mkdir(parents=True, exist_ok=True)
