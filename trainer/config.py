@@ -121,7 +121,7 @@ class MLPConfig(BaseModel):
     batch_growth_every: int = Field(1, ge=1)  # epochs between batch size growths
     max_batch_size: int | None = Field(None, ge=1)  # cap of the growing batch size; None: no cap
     epochs: int = Field(20, ge=1, le=100000)  # passes over the training split
-    seed: int = Field(0, ge=0)  # weight init, data order, dropout masks and noise
+    seed: int = Field(0, ge=0)  # weight init, data order, dropout masks, noise and augmentation draws
 
     @model_validator(mode="after")
     def _check(self) -> MLPConfig:
