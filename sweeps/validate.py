@@ -17,6 +17,7 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -449,38 +450,35 @@ def _values_of(p: Any) -> list[tuple[Loc, Any]]:
     return [((bound,), getattr(p, bound)) for bound in ("min", "max")]
 
 
-def _task_problems(spec: SweepSpec, task: str) -> list[SpecProblem]:
-    """Parameter values that do not fit the data block's task (a regression loss on digits, ...)."""
+def _value_problems(
+    spec: SweepSpec, names: tuple[str, ...], check: Callable[[MLPConfig], list[str]], context: str = "",
+) -> list[SpecProblem]:
+    """Every listable value of the parameters ``names`` that ``check`` refuses, each checked with
+    the other parameters at their defaults; ``check`` returns ``"key=value: rule"`` texts."""
     problems: list[SpecProblem] = []
-    for name in TASK_DEPENDENT_PARAMETERS:
+    for name in names:
         p = spec.parameters.get(name)
         if p is None:
             continue
         for suffix, value in _values_of(p):
             if _field_error(name, value):
                 continue  # already reported
-            config = MLPConfig.model_validate({name: value})
-            for why in config.task_problems(task):  # type: ignore[arg-type]
-                rule = why.partition(": ")[2]
-                problems.append(SpecProblem(("parameters", name) + suffix, value,
-                                            f"{rule} (dataset {spec.data.dataset!r} is {task})"))
+            for why in check(MLPConfig.model_validate({name: value})):
+                problems.append(SpecProblem(("parameters", name) + suffix, value, why.partition(": ")[2] + context))
     return problems
+
+
+def _task_problems(spec: SweepSpec, task: str) -> list[SpecProblem]:
+    """Parameter values that do not fit the data block's task (a regression loss on digits, ...)."""
+    return _value_problems(spec, TASK_DEPENDENT_PARAMETERS,
+                           lambda config: config.task_problems(task),  # type: ignore[arg-type]
+                           f" (dataset {spec.data.dataset!r} is {task})")
 
 
 def _image_problems(spec: SweepSpec) -> list[SpecProblem]:
     """Augmentation values the data block's rows cannot take (no images, a shift too large)."""
-    problems: list[SpecProblem] = []
     shape = spec.data.known_image_shape()
-    for name in IMAGE_PARAMETERS:
-        p = spec.parameters.get(name)
-        if p is None:
-            continue
-        for suffix, value in _values_of(p):
-            if _field_error(name, value):
-                continue  # already reported
-            for why in MLPConfig.model_validate({name: value}).image_problems(shape, spec.data.dataset):
-                problems.append(SpecProblem(("parameters", name) + suffix, value, why.partition(": ")[2]))
-    return problems
+    return _value_problems(spec, IMAGE_PARAMETERS, lambda config: config.image_problems(shape, spec.data.dataset))
 
 
 def searchable_metrics(task: str | None, n_classes: int | None) -> list[str]:

@@ -67,11 +67,9 @@ class Killer(threading.Thread):
             time.sleep(0.05)
 
 
-def test_killed_worker_resumes_into_the_same_run(ray_session, tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = load_spec_text(SLOW_SWEEP, "faults.yaml", [f"tracking.uri={uri}"])
-    client = MlflowClient(uri)
-    killer = Killer(client, "faults")
+def _sweep_with_a_kill(spec, client: MlflowClient, tmp_path: Path):
+    """Run the sweep while a Killer SIGKILLs one trial's worker; the outcome and (run id, pid, epochs)."""
+    killer = Killer(client, spec.name)
     killer.start()
     try:
         outcome = run_sweep(spec, results_dir=tmp_path / "results")
@@ -79,8 +77,15 @@ def test_killed_worker_resumes_into_the_same_run(ray_session, tmp_path: Path) ->
         killer.done.set()
         killer.join()
     assert killer.killed is not None, "no trial ran long enough to be killed"
-    run_id, pid, steps_at_kill = killer.killed
     assert outcome.status == "completed"
+    return outcome, killer.killed
+
+
+def test_killed_worker_resumes_into_the_same_run(ray_session, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = load_spec_text(SLOW_SWEEP, "faults.yaml", [f"tracking.uri={uri}"])
+    client = MlflowClient(uri)
+    outcome, (run_id, pid, steps_at_kill) = _sweep_with_a_kill(spec, client, tmp_path)
 
     children = client.search_runs([outcome.experiment_id], f"tags.`{tags.ROLE}` = 'trial'")
     assert len(children) == 2, "the retried trial must not get a second run"
@@ -112,16 +117,7 @@ def test_killed_cross_validated_worker_resumes_every_fold(ray_session, tmp_path:
     text = SLOW_SWEEP.replace("name: faults", "name: faults-cv").replace("lr: {values: [0.01, 0.02]}", "lr: {values: [0.02]}")
     spec = load_spec_text(text + "cross_validation: {folds: 3}\n", "faults-cv.yaml", [f"tracking.uri={uri}"])
     client = MlflowClient(uri)
-    killer = Killer(client, "faults-cv")
-    killer.start()
-    try:
-        outcome = run_sweep(spec, results_dir=tmp_path / "results")
-    finally:
-        killer.done.set()
-        killer.join()
-    assert killer.killed is not None, "no trial ran long enough to be killed"
-    run_id, pid, steps_at_kill = killer.killed
-    assert outcome.status == "completed"
+    outcome, (run_id, pid, steps_at_kill) = _sweep_with_a_kill(spec, client, tmp_path)
     (child,) = client.search_runs([outcome.experiment_id], f"tags.`{tags.ROLE}` = 'trial'")
     assert child.info.run_id == run_id and child.data.tags[tags.TRIAL_STATUS] == "completed"
     assert child.data.tags[tags.RESTARTS] == "1" and child.data.tags[tags.CV_FOLDS] == "3"
