@@ -8,6 +8,9 @@ itself is :func:`sweeps.tune.run_sweep` with ``resume=``.
 A changed search is refused: Optuna's study and Tune's trials were built from the stored
 spec, and mixing two search spaces in one study would make the comparison meaningless.
 What does not change the search (resources, retries, flush interval, description) may differ.
+A study may also gain variants: each variant is searched in its own stage, with the same
+budget and search seed, so the finished stages stay valid and only the new variants run. The parent run then keeps the extended file, and ``sweep.variants_added``
+names what was added after the start.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ SOURCE_ARTIFACT = "sweep.yaml"  # the file as the user wrote it
 MAY_CHANGE = ("description", "resources", "fault_tolerance", "tracking")  # blocks a resume may change
 RESULTS_DIR_TAG = "sweep.results_dir"  # on the parent: where Tune keeps the sweep's state
 DRIVER_TAG = "sweep.driver"  # on the parent: host and pid of the process driving the sweep
+VARIANTS_ADDED_TAG = "sweep.variants_added"  # on the parent: variants a resume added, comma-separated
 
 
 class ResumeError(ValueError):
@@ -50,6 +54,7 @@ class ResumeTarget:
     results_dir: str
     spec: SweepSpec  # the stored spec (with resources etc. taken from the new file, when given)
     source_text: str | None
+    added_variants: tuple[str, ...] = ()  # variants the new file adds to the stored study
 
 
 def driver_tag() -> str:
@@ -96,6 +101,40 @@ def search_changes(stored: SweepSpec, new: SweepSpec) -> list[str]:
         if old_flat.get(key, "<absent>") != new_flat.get(key, "<absent>"):
             changes.append(f"{key}: {old_flat.get(key, '<absent>')} -> {new_flat.get(key, '<absent>')}")
     return changes
+
+
+def added_variants(stored: SweepSpec, new: SweepSpec) -> tuple[str, ...]:
+    """The variants ``new`` adds to ``stored``'s study, which a resume may run.
+
+    Each variant is its own stage (its own Tune experiment and Optuna study, with the same
+    budget and search seed), so stages do not depend on each other or on their order: a new
+    variant may go anywhere in the list, and runs when the resumed study reaches it.
+
+    Raises:
+        ResumeError: ``new`` drops a stored variant, changes the baseline, or adds variants to
+            a sweep that had none (its one stage is unnamed).
+
+    Example:
+        >>> a = SweepSpec(name="s", parameters={"lr": 0.1}, variants={"none": {}, "l2": {"l2": 1e-4}})
+        >>> added_variants(a, a.model_copy(update={"variants": {"none": {}, "l1": {"l1": 1e-5}, **a.variants}}))
+        ('l1',)
+    """
+    old, names = list(stored.variants), list(new.variants)
+    added = tuple(n for n in names if n not in stored.variants)
+    if not added:
+        return ()
+    if not old:
+        raise ResumeError("variants: the stored sweep has none, so variants cannot be added on resume "
+                          "(a sweep without variants runs one unnamed stage); run the study with `sweep run`")
+    missing = [n for n in old if n not in new.variants]
+    if missing:
+        raise ResumeError(f"variants: {missing} of the stored study are missing from the new file; "
+                          "a resume may add variants, not remove them")
+    if new.baseline() != stored.baseline():
+        raise ResumeError(f"variants: the baseline would change from {stored.baseline()!r} to {new.baseline()!r} "
+                          "(the first variant is the baseline unless baseline_variant says otherwise); "
+                          f"add the new variants after {stored.baseline()!r} or set baseline_variant")
+    return added
 
 
 def _parents(client: MlflowClient, name: str) -> list[Run]:
@@ -145,13 +184,19 @@ def find_resumable(uri: str, name: str, new_spec: SweepSpec | None = None, new_s
                           "so the search it ran is unknown; it cannot be resumed")
     stored = SweepSpec.model_validate(yaml.safe_load(text))
     spec = stored
+    added: tuple[str, ...] = ()
     if new_spec is not None:
-        changes = search_changes(stored, new_spec)
+        added = added_variants(stored, new_spec)
+        changes = [c for c in search_changes(stored, new_spec)
+                   if not any(c.startswith(f"variants.{name}.") or c.startswith(f"variants.{name}:") for name in added)
+                   # naming the baseline that was implicit (the first variant) is no change
+                   and not (c.startswith("baseline_variant:") and stored.baseline() == new_spec.baseline())]
         if changes:
             raise ResumeError(
                 f"cannot resume sweep {name!r} (id {sweep_id}) with a changed search: "
                 + "; ".join(changes[:10]) + (f"; and {len(changes) - 10} more" if len(changes) > 10 else "")
-                + f". Only {', '.join(MAY_CHANGE)} may change on resume; run the new search with `sweep run`."
+                + f". Only {', '.join(MAY_CHANGE)} may change on resume, and variants may be added after "
+                "the stored ones; run the new search with `sweep run`."
             )
         spec = new_spec
     folder = results_dir or t.get(RESULTS_DIR_TAG)
@@ -160,7 +205,27 @@ def find_resumable(uri: str, name: str, new_spec: SweepSpec | None = None, new_s
                           "(results folder moved or deleted?); pass --results-dir")
     source = new_source if new_source is not None else _artifact_text(client, parent.info.run_id, SOURCE_ARTIFACT)
     logger.info("resuming sweep %s (id %s, parent run %s, status %s)", name, sweep_id, parent.info.run_id, status)
-    return ResumeTarget(sweep_id, parent.info.run_id, folder, spec, source)
+    if added:
+        logger.info("the resumed study gains the variants %s", ", ".join(added))
+    return ResumeTarget(sweep_id, parent.info.run_id, folder, spec, source, added)
+
+
+def record_added_variants(tracker: Any, target: ResumeTarget, spec: SweepSpec, source_text: str | None) -> None:
+    """On the reopened parent run: the extended study's file and resolved spec, and which variants were added.
+
+    ``tracker`` is the sweep's :class:`tracking.SweepTracker`, already reopened. Without added
+    variants nothing changes. The tag accumulates over resumes (``l1,batchnorm``).
+    """
+    if not target.added_variants:
+        return
+    before = tracker.client.get_run(target.parent_run_id).data.tags.get(VARIANTS_ADDED_TAG, "")
+    names = [n for n in before.split(",") if n] + [n for n in target.added_variants if n not in before.split(",")]
+    tracker.set_tags({VARIANTS_ADDED_TAG: ",".join(names)})
+    if source_text is not None:
+        tracker.log_text(source_text, SOURCE_ARTIFACT)
+    tracker.log_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), SPEC_ARTIFACT)
+    logger.info("sweep %s: variants %s added on resume; the parent run keeps the extended spec",
+                spec.name, ", ".join(target.added_variants))
 
 
 def _exists(folder: str) -> bool:

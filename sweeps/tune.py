@@ -41,7 +41,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeps.progress import LoggingProgress, ProgressSink, SweepSnapshot
-from sweeps.resume import DRIVER_TAG, RESULTS_DIR_TAG, SOURCE_ARTIFACT, SPEC_ARTIFACT, ResumeTarget, driver_tag
+from sweeps.resume import (
+    DRIVER_TAG, RESULTS_DIR_TAG, SOURCE_ARTIFACT, SPEC_ARTIFACT, ResumeTarget, driver_tag, record_added_variants,
+)
 from sweeps.space import make_sampler, suggest
 from sweeps.spec import ASHASpec, EvaluationSpec, SweepSpec
 from sweeps.stats import Summary, summarize
@@ -614,6 +616,7 @@ def run_sweep(
     resolved = spec.model_dump(mode="json")
     if resume:
         parent = tracker.reopen(resume.parent_run_id, {DRIVER_TAG: driver_tag()})
+        record_added_variants(tracker, resume, spec, source_text)
     else:
         parent = _start_parent(tracker, spec, source_text, resolved, results_dir)
 

@@ -5,11 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-import pytest
 from mlflow import MlflowClient
-
-import pytest as _pytest
 
 from sweeps.progress import SweepSnapshot
 from sweeps.tune import run_sweep
@@ -18,7 +14,7 @@ from tracking import tags
 from trainer import MLPConfig
 from trainer.diagnosis import VERDICTS
 
-pytestmark = _pytest.mark.slow  # real sweeps through Ray: about a minute together
+pytestmark = pytest.mark.slow  # real sweeps through Ray: about a minute together
 
 TINY_SWEEP = """
 name: e2e
@@ -400,3 +396,51 @@ def test_cross_validated_sweep_logs_the_fold_mean_curve_and_cv_summaries(ray_ses
         assert tags.CV_FOLDS not in run.data.tags
         assert not any(k.startswith("cv_") for k in run.data.metrics)
         assert [h.step for h in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2, 3, 4]
+
+
+GROWING_STUDY = """
+name: growing-study
+data: {dataset: digits, max_train_samples: 300}
+metric: {name: val_accuracy, goal: maximize}
+parameters:
+  epochs: 2
+  hidden_size: 16
+  lr: {distribution: log_uniform, min: 1.0e-3, max: 1.0e-2}
+search: {algorithm: tpe, trials: 2, seed: 0}
+resources: {cpus_per_trial: 1, max_concurrent_trials: 2}
+variants:
+  none: {}
+  dropout: {dropout: 0.2}
+"""
+
+
+def test_a_resumed_study_runs_only_the_variants_it_gained(ray_session, tmp_path: Path) -> None:
+    from sweeps.resume import VARIANTS_ADDED_TAG, find_resumable
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = run_sweep(load_spec_text(GROWING_STUDY, "s.yaml", [f"tracking.uri={uri}"]), source_text=GROWING_STUDY,
+                      progress=Collect(), results_dir=tmp_path / "results")
+    assert first.status == "completed"
+    client = MlflowClient(uri)
+    # as if the driver had been stopped after these stages: a completed study is not resumed
+    client.set_tag(first.parent_run_id, tags.SWEEP_STATUS, "interrupted")
+
+    def trial_runs() -> dict[str, set[str]]:
+        runs = client.search_runs([first.experiment_id], f"tags.`{tags.ROLE}` = 'trial'")
+        out: dict[str, set[str]] = {}
+        for r in runs:
+            out.setdefault(r.data.tags[tags.VARIANT], set()).add(r.info.run_id)
+        return out
+
+    before = trial_runs()
+    grown = GROWING_STUDY.replace("  dropout:", "  l2: {l2: 1.0e-3}\n  dropout:")
+    target = find_resumable(uri, "growing-study", load_spec_text(grown, "s.yaml", [f"tracking.uri={uri}"]), grown)
+    assert target.added_variants == ("l2",)
+    second = run_sweep(target.spec, source_text=target.source_text, progress=Collect(), resume=target)
+    assert second.status == "completed" and second.parent_run_id == first.parent_run_id
+    after = trial_runs()
+    assert after["none"] == before["none"] and after["dropout"] == before["dropout"], "finished stages are not re-run"
+    assert len(after["l2"]) == 2  # the same budget as the others
+    assert {float(client.get_run(r).data.params["l2"]) for r in after["l2"]} == {1e-3}
+    parent = client.get_run(first.parent_run_id)
+    assert parent.data.tags[VARIANTS_ADDED_TAG] == "l2" and parent.data.tags[tags.RESUMES] == "1"

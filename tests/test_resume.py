@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from sweeps.resume import (
-    DRIVER_TAG, RESULTS_DIR_TAG, SPEC_ARTIFACT, ResumeError, find_resumable, search_changes,
+    DRIVER_TAG, RESULTS_DIR_TAG, SOURCE_ARTIFACT, SPEC_ARTIFACT, VARIANTS_ADDED_TAG, ResumeError, find_resumable,
+    record_added_variants, search_changes,
 )
 from sweeps.validate import load_spec_text
 from tracking import SweepTracker
@@ -31,7 +32,7 @@ def _parent(uri: str, tmp_path: Path, sweep_id: str = "s1", status: str | None =
     results = tmp_path / "results"
     results.mkdir(exist_ok=True)
     tracker.set_tags({RESULTS_DIR_TAG: str(results), DRIVER_TAG: driver})
-    tracker.log_text(yaml.safe_dump(spec.model_dump(mode="json")), SPEC_ARTIFACT)
+    tracker.log_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), SPEC_ARTIFACT)  # as run_sweep
     if status is not None:
         tracker.finish(status)
     return tracker
@@ -103,3 +104,70 @@ def test_search_changes_ignores_blocks_that_may_change() -> None:
     a = load_spec_text(SWEEP, "s.yaml")
     b = load_spec_text(SWEEP + "fault_tolerance: {max_failures: 5}\ntracking: {flush_seconds: 9}\n", "s.yaml")
     assert search_changes(a, b) == []
+
+
+STUDY = SWEEP + """
+variants:
+  none: {}
+  l2: {l2: {distribution: log_uniform, min: 1.0e-6, max: 1.0e-3}}
+"""
+
+
+def _artifact(tracker: SweepTracker, path: str, tmp_path: Path) -> str:
+    local = tracker.client.download_artifacts(tracker.parent_run_id, path, str(tmp_path / "dl"))
+    return Path(local).read_text()
+
+
+def test_a_study_may_gain_variants_after_its_own(tracking_uri: str, tmp_path: Path) -> None:
+    tracker = _parent(tracking_uri, tmp_path, spec_text=STUDY, status="interrupted")
+    # anywhere but first (that would change the baseline): stages do not depend on their order
+    text = STUDY.replace("  l2:", "  l1: {l1: 1.0e-5}\n  l2:") + "  dropout: {dropout: 0.3}\n"
+    target = find_resumable(tracking_uri, "resumable", load_spec_text(text, "s.yaml"), text)
+    assert target.added_variants == ("l1", "dropout")
+    assert list(target.spec.variants) == ["none", "l1", "l2", "dropout"]
+
+    tracker.reopen(target.parent_run_id)
+    record_added_variants(tracker, target, target.spec, text)
+    assert tracker.client.get_run(target.parent_run_id).data.tags[VARIANTS_ADDED_TAG] == "l1,dropout"
+    assert _artifact(tracker, SOURCE_ARTIFACT, tmp_path) == text
+    # the next resume compares against the extended study: the same file changes nothing
+    stored = yaml.safe_load(_artifact(tracker, SPEC_ARTIFACT, tmp_path))
+    assert list(stored["variants"]) == ["none", "l1", "l2", "dropout"]
+    again = find_resumable(tracking_uri, "resumable", load_spec_text(text, "s.yaml"), text)
+    assert again.added_variants == ()
+
+
+def test_naming_the_implicit_baseline_is_no_change(tracking_uri: str, tmp_path: Path) -> None:
+    _parent(tracking_uri, tmp_path, spec_text=STUDY, status="interrupted")
+    text = STUDY.replace("  none: {}\n", "  l1: {l1: 1.0e-5}\n  none: {}\n") + "baseline_variant: none\n"
+    target = find_resumable(tracking_uri, "resumable", load_spec_text(text, "s.yaml"), text)
+    assert target.added_variants == ("l1",) and target.spec.baseline() == "none"
+
+
+def test_added_variants_accumulate_on_the_parent(tracking_uri: str, tmp_path: Path) -> None:
+    tracker = _parent(tracking_uri, tmp_path, spec_text=STUDY, status="interrupted")
+    tracker.set_tags({VARIANTS_ADDED_TAG: "l1"})
+    text = STUDY + "  dropout: {dropout: 0.3}\n"
+    target = find_resumable(tracking_uri, "resumable", load_spec_text(text, "s.yaml"), text)
+    record_added_variants(tracker, target, target.spec, text)
+    assert tracker.client.get_run(target.parent_run_id).data.tags[VARIANTS_ADDED_TAG] == "l1,dropout"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (STUDY.replace("max: 1.0e-3", "max: 1.0e-2") + "  l1: {l1: 1.0e-5}\n",
+     r"changed search: variants\.l2\.l2\.max: 0\.001 -> 0\.01"),
+    (STUDY.replace("  none: {}\n", "") + "  l1: {l1: 1.0e-5}\n", r"\['none'\] of the stored study are missing"),
+    (STUDY.replace("  none: {}\n", "  l1: {l1: 1.0e-5}\n  none: {}\n"), r"baseline would change from 'none' to 'l1'"),
+    (STUDY + "  l1: {l1: 1.0e-5}\nbaseline_variant: l1\n", r"baseline would change from 'none' to 'l1'"),
+])
+def test_changed_dropped_or_reordered_variants_are_refused(tracking_uri: str, tmp_path: Path, text: str,
+                                                           message: str) -> None:
+    _parent(tracking_uri, tmp_path, spec_text=STUDY, status="interrupted")
+    with pytest.raises(ResumeError, match=message):
+        find_resumable(tracking_uri, "resumable", load_spec_text(text, "s.yaml"), text)
+
+
+def test_variants_cannot_be_added_to_a_sweep_without_them(tracking_uri: str, tmp_path: Path) -> None:
+    _parent(tracking_uri, tmp_path, status="interrupted")
+    with pytest.raises(ResumeError, match="the stored sweep has none"):
+        find_resumable(tracking_uri, "resumable", load_spec_text(STUDY, "s.yaml"), STUDY)
