@@ -40,6 +40,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from sweeps.resume import VARIANTS_ADDED_TAG
 from sweeps.stats import Comparison, summarize, welch
 from tracking import client_for, resolve_tracking_uri
 from tracking import tags as T
@@ -347,6 +348,12 @@ class _Builder:
         self.variant_names = declared + sorted(found - set(declared)) or [MAIN]
         self.baseline = (ptags.get(T.BASELINE_VARIANT) or self.spec.get("baseline_variant")
                          or self.variant_names[0])
+        added = [v for v in ptags.get(VARIANTS_ADDED_TAG, "").split(",") if v]
+        if added:
+            self.notes.append(
+                f"Added on resume, after the study had started: {', '.join(added)}. They had the same trial "
+                "budget and search seed as the others, but were chosen when earlier variants' results could "
+                "be seen: weigh their comparison with that in mind.")
         if self.baseline not in self.variant_names:
             self.notes.append(f"The baseline variant {self.baseline!r} has no runs; "
                               f"{self.variant_names[0]!r} is used instead.")

@@ -255,3 +255,16 @@ def test_html_renders_in_headless_chromium(written: tuple[Path, Path], report: R
     assert first_row.startswith("none (baseline)")
     assert findings == len(report.findings)
     assert "baseline_variant: none" in spec
+
+
+def test_variants_added_on_resume_are_named_in_the_notes(tmp_path: Path, _empty_store: Path) -> None:
+    from sweeps.resume import VARIANTS_ADDED_TAG
+
+    fake = build_fake_sweep(_store(tmp_path, _empty_store), tmp_path / "a", name="grown", trials=2, seeds=2,
+                            with_failures=False)
+    assert not any("Added on resume" in n for n in R.build_report(fake.uri, fake.sweep_id).notes)
+    fake.client.set_tag(fake.parent_run_id, VARIANTS_ADDED_TAG, "dropout")
+    rep = R.build_report(fake.uri, fake.sweep_id)
+    (note,) = [n for n in rep.notes if "Added on resume" in n]
+    assert "after the study had started: dropout." in note
+    assert "Added on resume" in R.render_html(rep) and "Added on resume" in R.render_markdown(rep)
