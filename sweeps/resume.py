@@ -8,8 +8,9 @@ itself is :func:`sweeps.tune.run_sweep` with ``resume=``.
 A changed search is refused: Optuna's study and Tune's trials were built from the stored
 spec, and mixing two search spaces in one study would make the comparison meaningless.
 What does not change the search (resources, retries, flush interval, description) may differ.
-A study may also gain variants: each variant is searched in its own stage, with the same
-budget and search seed, so the finished stages stay valid and only the new variants run. The parent run then keeps the extended file, and ``sweep.variants_added``
+A study may also gain variants, also once it has completed: each variant is searched in its
+own stage, with the same budget and search seed, so the finished stages stay valid and only the
+new variants run. The parent run then keeps the extended file, and ``sweep.variants_added``
 names what was added after the start.
 """
 
@@ -161,7 +162,8 @@ def find_resumable(uri: str, name: str, new_spec: SweepSpec | None = None, new_s
     """The newest execution of sweep ``name`` in ``uri``, checked for resuming.
 
     Raises:
-        ResumeError: no such sweep; its newest execution completed; its driver still runs;
+        ResumeError: no such sweep; its newest execution completed (and ``new_spec`` adds no
+            variants); its driver still runs;
             Tune's state is gone; or ``new_spec`` changes the search.
     """
     client = client_for(uri)
@@ -172,9 +174,6 @@ def find_resumable(uri: str, name: str, new_spec: SweepSpec | None = None, new_s
     t = parent.data.tags
     sweep_id = t[T.SWEEP_ID]
     status = t.get(T.SWEEP_STATUS, "")
-    if status == "completed":
-        raise ResumeError(f"sweep {name!r} (id {sweep_id}) completed: nothing to resume; "
-                          "`sweep run FILE` starts a new execution")
     if parent.info.status == "RUNNING" and _driver_alive(t.get(DRIVER_TAG)):
         raise ResumeError(f"sweep {name!r} (id {sweep_id}) is still running: its driver {t[DRIVER_TAG]} is alive; "
                           f"stop it first (Ctrl-C, or `sweep stop` for a job)")
@@ -199,6 +198,10 @@ def find_resumable(uri: str, name: str, new_spec: SweepSpec | None = None, new_s
                 "the stored ones; run the new search with `sweep run`."
             )
         spec = new_spec
+    if status == "completed" and not added:
+        raise ResumeError(f"sweep {name!r} (id {sweep_id}) completed: nothing to resume; "
+                          "`sweep run FILE` starts a new execution, and `sweep resume FILE` with new "
+                          "variants extends the study")
     folder = results_dir or t.get(RESULTS_DIR_TAG)
     if not folder or not _exists(folder):
         raise ResumeError(f"sweep {name!r} (id {sweep_id}): Tune's state is not at {folder!r} "

@@ -407,6 +407,7 @@ parameters:
   hidden_size: 16
   lr: {distribution: log_uniform, min: 1.0e-3, max: 1.0e-2}
 search: {algorithm: tpe, trials: 2, seed: 0}
+repeats: {top_k: 1, seeds: 2}
 resources: {cpus_per_trial: 1, max_concurrent_trials: 2}
 variants:
   none: {}
@@ -414,7 +415,7 @@ variants:
 """
 
 
-def test_a_resumed_study_runs_only_the_variants_it_gained(ray_session, tmp_path: Path) -> None:
+def test_a_completed_study_extended_on_resume_runs_only_its_new_variants(ray_session, tmp_path: Path) -> None:
     from sweeps.resume import VARIANTS_ADDED_TAG, find_resumable
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -422,17 +423,15 @@ def test_a_resumed_study_runs_only_the_variants_it_gained(ray_session, tmp_path:
                       progress=Collect(), results_dir=tmp_path / "results")
     assert first.status == "completed"
     client = MlflowClient(uri)
-    # as if the driver had been stopped after these stages: a completed study is not resumed
-    client.set_tag(first.parent_run_id, tags.SWEEP_STATUS, "interrupted")
 
-    def trial_runs() -> dict[str, set[str]]:
-        runs = client.search_runs([first.experiment_id], f"tags.`{tags.ROLE}` = 'trial'")
+    def trial_runs(role: str = "trial") -> dict[str, set[str]]:
+        runs = client.search_runs([first.experiment_id], f"tags.`{tags.ROLE}` = '{role}'")
         out: dict[str, set[str]] = {}
         for r in runs:
             out.setdefault(r.data.tags[tags.VARIANT], set()).add(r.info.run_id)
         return out
 
-    before = trial_runs()
+    before, summaries = trial_runs(), trial_runs("summary")
     grown = GROWING_STUDY.replace("  dropout:", "  l2: {l2: 1.0e-3}\n  dropout:")
     target = find_resumable(uri, "growing-study", load_spec_text(grown, "s.yaml", [f"tracking.uri={uri}"]), grown)
     assert target.added_variants == ("l2",)
@@ -440,7 +439,10 @@ def test_a_resumed_study_runs_only_the_variants_it_gained(ray_session, tmp_path:
     assert second.status == "completed" and second.parent_run_id == first.parent_run_id
     after = trial_runs()
     assert after["none"] == before["none"] and after["dropout"] == before["dropout"], "finished stages are not re-run"
-    assert len(after["l2"]) == 2  # the same budget as the others
+    assert len(after["l2"]) == 2 + 2  # the same budget as the others: 2 search trials, 2 seeds
+    # one summary per variant: the finished variants' summaries are updated, not duplicated
+    assert trial_runs("summary") == {**summaries, "l2": trial_runs("summary")["l2"]}
+    assert len(trial_runs("summary")["l2"]) == 1
     assert {float(client.get_run(r).data.params["l2"]) for r in after["l2"]} == {1e-3}
     parent = client.get_run(first.parent_run_id)
     assert parent.data.tags[VARIANTS_ADDED_TAG] == "l2" and parent.data.tags[tags.RESUMES] == "1"

@@ -137,6 +137,14 @@ def test_a_study_may_gain_variants_after_its_own(tracking_uri: str, tmp_path: Pa
     assert again.added_variants == ()
 
 
+def test_a_completed_study_may_be_extended_but_not_rerun(tracking_uri: str, tmp_path: Path) -> None:
+    _parent(tracking_uri, tmp_path, spec_text=STUDY, status="completed")
+    with pytest.raises(ResumeError, match="completed: nothing to resume.*with new variants extends the study"):
+        find_resumable(tracking_uri, "resumable", load_spec_text(STUDY, "s.yaml"), STUDY)
+    text = STUDY + "  l1: {l1: 1.0e-5}\n"
+    assert find_resumable(tracking_uri, "resumable", load_spec_text(text, "s.yaml"), text).added_variants == ("l1",)
+
+
 def test_naming_the_implicit_baseline_is_no_change(tracking_uri: str, tmp_path: Path) -> None:
     _parent(tracking_uri, tmp_path, spec_text=STUDY, status="interrupted")
     text = STUDY.replace("  none: {}\n", "  l1: {l1: 1.0e-5}\n  none: {}\n") + "baseline_variant: none\n"
