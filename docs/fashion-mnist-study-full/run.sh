@@ -7,7 +7,8 @@ cd "$(dirname "$0")"
 export RAY_USAGE_STATS_ENABLED=0
 start=$(date +%s)
 if [ "${1:-run}" = resume ]; then
-  PYTHONPATH=$PWD/src nice -n 19 python3 -m sweeps.cli resume fashion-mnist-regularization
+  # by file: a study that gained variants (session 6: batchnorm_dropout) runs them; the same file changes nothing
+  PYTHONPATH=$PWD/src nice -n 19 python3 -m sweeps.cli resume src/sweeps/examples/fashion-mnist-regularization.yaml
 else
   PYTHONPATH=$PWD/src nice -n 19 python3 -m sweeps.cli run src/sweeps/examples/fashion-mnist-regularization.yaml
 fi
