@@ -424,25 +424,25 @@ def test_a_completed_study_extended_on_resume_runs_only_its_new_variants(ray_ses
     assert first.status == "completed"
     client = MlflowClient(uri)
 
-    def trial_runs(role: str = "trial") -> dict[str, set[str]]:
+    def runs_by_variant(role: str = "trial") -> dict[str, set[str]]:
         runs = client.search_runs([first.experiment_id], f"tags.`{tags.ROLE}` = '{role}'")
         out: dict[str, set[str]] = {}
         for r in runs:
             out.setdefault(r.data.tags[tags.VARIANT], set()).add(r.info.run_id)
         return out
 
-    before, summaries = trial_runs(), trial_runs("summary")
+    before, summaries = runs_by_variant(), runs_by_variant("summary")
     grown = GROWING_STUDY.replace("  dropout:", "  l2: {l2: 1.0e-3}\n  dropout:")
     target = find_resumable(uri, "growing-study", load_spec_text(grown, "s.yaml", [f"tracking.uri={uri}"]), grown)
     assert target.added_variants == ("l2",)
     second = run_sweep(target.spec, source_text=target.source_text, progress=Collect(), resume=target)
     assert second.status == "completed" and second.parent_run_id == first.parent_run_id
-    after = trial_runs()
+    after = runs_by_variant()
     assert after["none"] == before["none"] and after["dropout"] == before["dropout"], "finished stages are not re-run"
     assert len(after["l2"]) == 2 + 2  # the same budget as the others: 2 search trials, 2 seeds
     # one summary per variant: the finished variants' summaries are updated, not duplicated
-    assert trial_runs("summary") == {**summaries, "l2": trial_runs("summary")["l2"]}
-    assert len(trial_runs("summary")["l2"]) == 1
+    assert runs_by_variant("summary") == {**summaries, "l2": runs_by_variant("summary")["l2"]}
+    assert len(runs_by_variant("summary")["l2"]) == 1
     assert {float(client.get_run(r).data.params["l2"]) for r in after["l2"]} == {1e-3}
     parent = client.get_run(first.parent_run_id)
     assert parent.data.tags[VARIANTS_ADDED_TAG] == "l2" and parent.data.tags[tags.RESUMES] == "1"
