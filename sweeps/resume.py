@@ -8,7 +8,7 @@ itself is :func:`sweeps.tune.run_sweep` with ``resume=``.
 A changed search is refused: Optuna's study and Tune's trials were built from the stored
 spec, and mixing two search spaces in one study would make the comparison meaningless.
 What does not change the search (resources, retries, flush interval, description) may differ.
-A study may also gain variants, also once it has completed: each variant is searched in its
+A study may also gain variants, even once it has completed: each variant is searched in its
 own stage, with the same budget and search seed, so the finished stages stay valid and only the
 new variants run. The parent run then keeps the extended file, and ``sweep.variants_added``
 names what was added after the start.
@@ -186,16 +186,20 @@ def find_resumable(uri: str, name: str, new_spec: SweepSpec | None = None, new_s
     added: tuple[str, ...] = ()
     if new_spec is not None:
         added = added_variants(stored, new_spec)
-        changes = [c for c in search_changes(stored, new_spec)
-                   if not any(c.startswith(f"variants.{name}.") or c.startswith(f"variants.{name}:") for name in added)
-                   # naming the baseline that was implicit (the first variant) is no change
-                   and not (c.startswith("baseline_variant:") and stored.baseline() == new_spec.baseline())]
+        # the stored study's part of the new file: its variants, and its baseline when that resolves
+        # the same (naming the implicit baseline, the first variant, is no change)
+        comparable = new_spec.model_copy(update={
+            "variants": {k: v for k, v in new_spec.variants.items() if k not in added},
+            "baseline_variant": (stored.baseline_variant if stored.baseline() == new_spec.baseline()
+                                 else new_spec.baseline_variant),
+        })
+        changes = search_changes(stored, comparable)
         if changes:
             raise ResumeError(
                 f"cannot resume sweep {name!r} (id {sweep_id}) with a changed search: "
                 + "; ".join(changes[:10]) + (f"; and {len(changes) - 10} more" if len(changes) > 10 else "")
-                + f". Only {', '.join(MAY_CHANGE)} may change on resume, and variants may be added after "
-                "the stored ones; run the new search with `sweep run`."
+                + f". Only {', '.join(MAY_CHANGE)} may change on resume, and variants may be added; "
+                "run the new search with `sweep run`."
             )
         spec = new_spec
     if status == "completed" and not added:
@@ -208,9 +212,15 @@ def find_resumable(uri: str, name: str, new_spec: SweepSpec | None = None, new_s
                           "(results folder moved or deleted?); pass --results-dir")
     source = new_source if new_source is not None else _artifact_text(client, parent.info.run_id, SOURCE_ARTIFACT)
     logger.info("resuming sweep %s (id %s, parent run %s, status %s)", name, sweep_id, parent.info.run_id, status)
-    if added:
-        logger.info("the resumed study gains the variants %s", ", ".join(added))
     return ResumeTarget(sweep_id, parent.info.run_id, folder, spec, source, added)
+
+
+def log_spec(tracker: Any, spec: SweepSpec, source_text: str | None) -> None:
+    """The parent run's copies of the sweep file as written and of the resolved spec (in the
+    file's key order: variants run in it), which :func:`find_resumable` compares against."""
+    if source_text is not None:
+        tracker.log_text(source_text, SOURCE_ARTIFACT)
+    tracker.log_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), SPEC_ARTIFACT)
 
 
 def record_added_variants(tracker: Any, target: ResumeTarget, spec: SweepSpec, source_text: str | None) -> None:
@@ -221,12 +231,10 @@ def record_added_variants(tracker: Any, target: ResumeTarget, spec: SweepSpec, s
     """
     if not target.added_variants:
         return
-    before = tracker.client.get_run(target.parent_run_id).data.tags.get(VARIANTS_ADDED_TAG, "")
-    names = [n for n in before.split(",") if n] + [n for n in target.added_variants if n not in before.split(",")]
-    tracker.set_tags({VARIANTS_ADDED_TAG: ",".join(names)})
-    if source_text is not None:
-        tracker.log_text(source_text, SOURCE_ARTIFACT)
-    tracker.log_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), SPEC_ARTIFACT)
+    before = [n for n in tracker.client.get_run(target.parent_run_id).data.tags.get(VARIANTS_ADDED_TAG, "").split(",")
+              if n]
+    tracker.set_tags({VARIANTS_ADDED_TAG: ",".join(before + [n for n in target.added_variants if n not in before])})
+    log_spec(tracker, spec, source_text)
     logger.info("sweep %s: variants %s added on resume; the parent run keeps the extended spec",
                 spec.name, ", ".join(target.added_variants))
 

@@ -35,14 +35,13 @@ from typing import Any
 import optuna
 import ray
 import torch
-import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeps.progress import LoggingProgress, ProgressSink, SweepSnapshot
 from sweeps.resume import (
-    DRIVER_TAG, RESULTS_DIR_TAG, SOURCE_ARTIFACT, SPEC_ARTIFACT, ResumeTarget, driver_tag, record_added_variants,
+    DRIVER_TAG, RESULTS_DIR_TAG, ResumeTarget, driver_tag, log_spec, record_added_variants,
 )
 from sweeps.space import make_sampler, suggest
 from sweeps.spec import ASHASpec, EvaluationSpec, SweepSpec
@@ -613,12 +612,11 @@ def run_sweep(
     results_dir = resume.results_dir if resume else _absolute(str(results_dir or spec.storage.path))
     storage = Storage.of(results_dir, spec.storage.endpoint_url)
     tracker = SweepTracker(uri, spec.experiment_name(), spec.name, sweep_id)
-    resolved = spec.model_dump(mode="json")
     if resume:
         parent = tracker.reopen(resume.parent_run_id, {DRIVER_TAG: driver_tag()})
         record_added_variants(tracker, resume, spec, source_text)
     else:
-        parent = _start_parent(tracker, spec, source_text, resolved, results_dir)
+        parent = _start_parent(tracker, spec, source_text, results_dir)
 
     callbacks: list[_SweepCallback] = []
     searches: dict[str | None, _SweepCallback] = {}
@@ -705,7 +703,7 @@ def run_sweep(
     )
 
 
-def _start_parent(tracker: SweepTracker, spec: SweepSpec, source_text: str | None, resolved: dict[str, Any],
+def _start_parent(tracker: SweepTracker, spec: SweepSpec, source_text: str | None,
                   results_dir: str) -> str:
     """Create the parent run with the sweep's params, its file, resolved spec and environment."""
     parent = tracker.start(spec.description, params={
@@ -718,9 +716,7 @@ def _start_parent(tracker: SweepTracker, spec: SweepSpec, source_text: str | Non
     })
     tracker.set_tags({T.METRIC: f"{spec.metric.name}:{spec.metric.goal}", RESULTS_DIR_TAG: results_dir,
                       DRIVER_TAG: driver_tag()})
-    if source_text is not None:
-        tracker.log_text(source_text, SOURCE_ARTIFACT)
-    tracker.log_text(yaml.safe_dump(resolved, sort_keys=False), SPEC_ARTIFACT)
+    log_spec(tracker, spec, source_text)
     tracker.log_text(json.dumps(_environment(), indent=2), "environment.json")
     return parent
 

@@ -9,7 +9,7 @@ import yaml
 
 from sweeps.resume import (
     DRIVER_TAG, RESULTS_DIR_TAG, SOURCE_ARTIFACT, SPEC_ARTIFACT, VARIANTS_ADDED_TAG, ResumeError, find_resumable,
-    record_added_variants, search_changes,
+    log_spec, record_added_variants, search_changes,
 )
 from sweeps.validate import load_spec_text
 from tracking import SweepTracker
@@ -32,7 +32,7 @@ def _parent(uri: str, tmp_path: Path, sweep_id: str = "s1", status: str | None =
     results = tmp_path / "results"
     results.mkdir(exist_ok=True)
     tracker.set_tags({RESULTS_DIR_TAG: str(results), DRIVER_TAG: driver})
-    tracker.log_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), SPEC_ARTIFACT)  # as run_sweep
+    log_spec(tracker, spec, None)  # as run_sweep
     if status is not None:
         tracker.finish(status)
     return tracker
@@ -118,7 +118,7 @@ def _artifact(tracker: SweepTracker, path: str, tmp_path: Path) -> str:
     return Path(local).read_text()
 
 
-def test_a_study_may_gain_variants_after_its_own(tracking_uri: str, tmp_path: Path) -> None:
+def test_a_study_may_gain_variants_anywhere_but_first(tracking_uri: str, tmp_path: Path) -> None:
     tracker = _parent(tracking_uri, tmp_path, spec_text=STUDY, status="interrupted")
     # anywhere but first (that would change the baseline): stages do not depend on their order
     text = STUDY.replace("  l2:", "  l1: {l1: 1.0e-5}\n  l2:") + "  dropout: {dropout: 0.3}\n"
