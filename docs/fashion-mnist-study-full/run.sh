@@ -56,12 +56,11 @@ for folder in sorted(glob.glob("sweep_results/*/")):
     for trial_json, _ in trials:
         trial = json.loads(trial_json)
         if trial["status"] in ("TERMINATED", "ERROR"):
-            logdir = trial.get("relative_logdir") or trial["storage"]["trial_dir_name"]
-            for ckpt in glob.glob(os.path.join(folder, logdir, "checkpoint_*")):
+            for ckpt in glob.glob(os.path.join(glob.escape(folder), glob.escape(trial["relative_logdir"]), "checkpoint_*")):
                 print(ckpt)
 PY
     rm -f "$state"/study.tar.xz.part-*
-    tar -c --exclude-from=/tmp/study-exclude.txt --exclude=./src -C "$study" . \
+    tar -c --no-wildcards --exclude-from=/tmp/study-exclude.txt --exclude=./src -C "$study" . \
       | xz -T2 -6 | split -b 45m - "$state/study.tar.xz.part-"
     { echo "snapshot of $study, $(date -u +%FT%TZ)"; echo "code: $(cat src/COMMIT)"
       echo "finished trials' checkpoints left out: $(wc -l < /tmp/study-exclude.txt)"
