@@ -7,7 +7,7 @@
 #   run.sh setup COMMIT   the study folder ($STUDY_DIR, default /work/study-full) with a frozen copy
 #                         of the code at COMMIT in src/, so that edits to the repository cannot
 #                         reach the study's workers
-#   run.sh run            start the study (first session)
+#   run.sh run            start the study (first session), as (setsid nohup run.sh run >> LOG 2>&1 &)
 #   run.sh resume         continue it: `sweep resume FILE` (a file that gained variants runs them)
 #   run.sh snapshot       after stopping it (SIGINT to the driver, ~30 s): MLflow's store, Tune's
 #                         state and the log, packed into state/ beside this script, to commit
@@ -35,7 +35,10 @@ case "${1:-}" in
     cd "$study"
     start=$(date +%s)
     verb=$1; [ "$verb" = resume ] || verb=run
-    # nice 19: the study takes only the CPU time nothing else wants
+    # nice 19: the study takes only the CPU time nothing else wants. With the kernel's autogroup
+    # scheduling, nice ranks processes only within their session: start this script with setsid
+    # (its own session) and the session's group is niced too, so other sessions' work comes first
+    echo 19 > /proc/self/autogroup 2>/dev/null || true
     PYTHONPATH=$PWD/src nice -n 19 python3 -m sweeps.cli "$verb" "$file" && rc=0 || rc=$?
     echo "exit $rc after $(( $(date +%s) - start )) s" ;;
   snapshot)
