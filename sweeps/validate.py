@@ -476,9 +476,11 @@ def _task_problems(spec: SweepSpec, task: str) -> list[SpecProblem]:
 
 
 def _image_problems(spec: SweepSpec) -> list[SpecProblem]:
-    """Augmentation values the data block's rows cannot take (no images, a shift too large)."""
+    """Augmentation values the data block's rows cannot take (no images, a shift too large, a
+    per-pixel normalization)."""
     shape = spec.data.known_image_shape()
-    return _value_problems(spec, IMAGE_PARAMETERS, lambda config: config.image_problems(shape, spec.data.dataset))
+    return _value_problems(spec, IMAGE_PARAMETERS,
+                           lambda config: config.image_problems(shape, spec.data.dataset, spec.data.normalize))
 
 
 def searchable_metrics(task: str | None, n_classes: int | None) -> list[str]:

@@ -83,7 +83,7 @@ def test_bad_shift_and_half_a_normalization_are_refused() -> None:
 
 @pytest.fixture(scope="module")
 def digits() -> Dataset:
-    return load_dataset(DataConfig(dataset="digits", max_train_samples=300))
+    return load_dataset(DataConfig(dataset="digits", max_train_samples=300, normalize="standardize_all"))
 
 
 def test_datasets_know_their_image_shape(digits: Dataset) -> None:
@@ -118,6 +118,21 @@ def test_training_refuses_augmentation_without_images() -> None:
         train(MLPConfig(epochs=1, augment_flip=True), data)
     with pytest.raises(ValueError, match="augment_shift=8: must be smaller than the shorter side of the 8x8"):
         train(MLPConfig(epochs=1, augment_shift=8), load_dataset(DataConfig(dataset="digits")))
+
+
+@pytest.mark.parametrize("normalize", ["standardize", "minmax"])
+def test_augmentation_refuses_a_per_pixel_scale(normalize: str) -> None:
+    data = load_dataset(DataConfig(dataset="digits", normalize=normalize))
+    for config, key in ((MLPConfig(epochs=1, augment_shift=1), "augment_shift=1"),
+                        (MLPConfig(epochs=1, augment_flip=True), "augment_flip=True")):
+        with pytest.raises(ValueError, match=f"{key}: moves content between pixels.*data.normalize='{normalize}'"):
+            train(config, data)
+    # a pixel that is nearly always blank has a scale near 0: content moved into it is huge
+    scale = data.feature_scale
+    assert scale is not None and scale[scale != 1].min() < 0.1 * scale.median()
+    for fine in ("standardize_all", "none"):
+        ok = load_dataset(DataConfig(dataset="digits", normalize=fine, max_train_samples=50))
+        assert len(train(MLPConfig(epochs=1, hidden_size=8, augment_shift=1), ok).history) == 1
 
 
 def test_augmented_training_is_seeded_and_regularizes(digits: Dataset) -> None:

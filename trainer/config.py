@@ -55,6 +55,7 @@ Loss = Literal["auto", "cross_entropy", "mse", "mae", "huber"]
 Task = Literal["multiclass", "binary", "regression"]
 
 REGRESSION_LOSSES = ("mse", "mae", "huber")
+PER_PIXEL_NORMALIZATIONS = ("standardize", "minmax")  # DataConfig.normalize kinds fitted per feature
 
 
 class MLPConfig(BaseModel):
@@ -183,12 +184,22 @@ class MLPConfig(BaseModel):
         return problems
 
 
-    def image_problems(self, image_shape: tuple[int, int] | None, dataset: str) -> list[str]:
+    def image_problems(self, image_shape: tuple[int, int] | None, dataset: str,
+                       normalize: str | None = None) -> list[str]:
         """Why this config's image augmentation cannot run on ``dataset`` (empty: it can).
+
+        ``normalize`` is the data block's normalization (None: not known, not checked). A shift or
+        a mirror moves content between pixels, so it needs one scale for all of them: with
+        per-pixel statistics (``standardize``, ``minmax``) the pixels that are nearly always blank
+        get a scale near 0, and content moved into them becomes inputs in the hundreds or
+        thousands (Fashion-MNIST, per-pixel standardize: the smallest scale is 0.0004 and a
+        2-pixel shift gives inputs up to 1800).
 
         Example:
             >>> MLPConfig(augment_shift=2).image_problems(None, "diabetes")
             ["augment_shift=2: augmentation needs image rows; dataset 'diabetes' has none (a csv / npz of images sets data.image_shape)"]
+            >>> MLPConfig(augment_flip=True).image_problems((8, 8), "digits", "standardize_all")
+            []
         """
         used = [f"augment_shift={self.augment_shift}"] if self.augment_shift else []
         used += ["augment_flip=True"] if self.augment_flip else []
@@ -200,6 +211,11 @@ class MLPConfig(BaseModel):
         if self.augment_shift >= min(image_shape):
             return [f"augment_shift={self.augment_shift}: must be smaller than the shorter side of the "
                     f"{image_shape[0]}x{image_shape[1]} images of {dataset!r}"]
+        if normalize in PER_PIXEL_NORMALIZATIONS:
+            return [f"{used[0]}: moves content between pixels, so it needs one scale for all of them, but "
+                    f"data.normalize={normalize!r} gives each pixel its own: pixels that are nearly always "
+                    "blank get a scale near 0, and content moved into them becomes inputs in the hundreds "
+                    "or thousands; use normalize 'standardize_all' (one mean and SD over all pixels) or 'none'"]
         return []
 
 

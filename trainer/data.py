@@ -173,6 +173,7 @@ class Dataset:
     # (per feature; None: the rows are raw), which image augmentation undoes and reapplies
     feature_offset: torch.Tensor | None = None
     feature_scale: torch.Tensor | None = None
+    normalization: str | None = None  # DataConfig.normalize that made the rows (None: not known)
 
     @property
     def n_features(self) -> int:
@@ -473,6 +474,7 @@ def assemble(
         class_names=raw.class_names, task=raw.task, image_shape=shape,
         feature_offset=None if offset is None else torch.from_numpy(offset),
         feature_scale=None if scale is None else torch.from_numpy(scale),
+        normalization=config.normalize,
     )
 
 

@@ -329,7 +329,7 @@ class _Stepper:
         )
         self.augment = None
         if config.augment_shift or config.augment_flip:
-            problems = config.image_problems(data.image_shape, data.name)
+            problems = config.image_problems(data.image_shape, data.name, data.normalization)
             if problems or data.image_shape is None:
                 raise ValueError("; ".join(problems))
             self.augment = ImageAugmenter(
@@ -497,7 +497,8 @@ def train_epochs(
     trains no further epoch: the generator returns that run's result at once. A caller that
     trains several runs side by side (cross-validation folds) checkpoints finished ones this way.
     """
-    problems = config.task_problems(data.task, data.n_classes) + config.image_problems(data.image_shape, data.name)
+    problems = (config.task_problems(data.task, data.n_classes)
+                + config.image_problems(data.image_shape, data.name, data.normalization))
     if problems:
         raise ValueError(f"config does not fit dataset {data.name!r}: " + "; ".join(problems))
     if checkpoint_every < 1:
