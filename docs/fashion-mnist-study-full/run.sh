@@ -16,7 +16,13 @@
 # MLflow's artifact URIs and Tune's experiment state hold absolute paths: restore to the same
 # STUDY_DIR. Only the checkpoints of unfinished trials are kept (a finished trial's is never read
 # again; each is ~22 MB), so an interrupted trial continues where it stopped.
+#
+# Everything is inside main(), which bash reads whole before running it: bash reads a plain
+# script as it goes, so editing this file under a running study broke the study's shell.
+# `.ci/run` and Ray's own `ray stop --force` kill the study's Ray: stop the study first.
 set -euo pipefail
+
+main() {
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(git -C "$here" rev-parse --show-toplevel)"
 study="${STUDY_DIR:-/work/study-full}"
@@ -78,3 +84,7 @@ PY
   *)
     echo "usage: $0 setup COMMIT | run | resume | snapshot | restore" >&2; exit 2 ;;
 esac
+}
+
+main "$@"
+exit $?
