@@ -23,7 +23,7 @@ Regularizers
       g + N(0, sigma^2) on gradients (the course's N(0, 0.1) is ``grad_noise: 0.1``)
     - ``augment_flip``, ``augment_shift`` s (image datasets): each training image, each time it is
       drawn, mirrored left-right with probability 1/2 and translated by (dy, dx) uniform on -s..s,
-      blank pixels shifted in (:mod:`trainer.augment`)
+      blank pixels shifted in (:mod:`trainer.augment`); needs one scale for all pixels (``standardize_all``, ``none``)
     - ``label_smoothing`` eps: target (1 - eps) onehot + eps / K (binary: K = 2)
     - ``clip_grad_norm`` c: g <- g min(1, c / ||g||) over all parameters together
     - early stopping on ``val_loss``: stop after ``early_stopping_patience`` epochs without
