@@ -561,6 +561,7 @@ def findings(report: Report) -> list[str]:
             f"({'better' if better else 'worse'}), Welch's two-sided t-test on per-seed {p} "
             f"(n = {len(v.values)} vs {len(base.values) if base else 0}): p = {_fmt_p(c.p_value)}, "
             f"Hedges' g = {_fmt(c.hedges_g, 3)}: {'significant' if sig else 'not significant'} at {ALPHA}.")
+    out.extend(_budget_differences(report.variants, base))
     tests = [v for v in report.variants if v.comparison is not None]
     if len(tests) > 1:
         out.append(f"{len(tests)} variants were tested against the baseline; the p-values are not corrected "
@@ -594,6 +595,26 @@ def findings(report: Report) -> list[str]:
     if failed:
         total = sum(report.budget.search_by_status.values())
         out.append(f"{failed} of {total} search trials failed; they are left out of the results and figures (their epochs count in the budget).")
+    return out
+
+
+def _budget_differences(variants: list[VariantResult], base: VariantResult | None) -> list[str]:
+    """A variant trained for another number of epochs than the baseline is not compared on
+    regularization alone: say so next to its test."""
+    if base is None or "epochs" not in base.params:
+        return []
+    out = []
+    for v in variants:
+        if v is base or "epochs" not in v.differs or "epochs" not in v.params:
+            continue
+        mine, theirs = v.params["epochs"], base.params["epochs"]
+        try:
+            gap = float(mine) - float(theirs)
+            budget = f"its {abs(gap):g} {'more' if gap > 0 else 'fewer'} epochs"
+        except ValueError:
+            budget = "its other epoch budget"
+        out.append(f"Variant {v.name} trained for {mine} epochs, the baseline {base.name} for {theirs}: "
+                   f"part of its difference may come from {budget}, not from its regularization.")
     return out
 
 

@@ -138,6 +138,17 @@ def test_findings_follow_the_numbers(report: R.Report) -> None:
     assert "p = 0.3000" in text and "(worse)" in text and "not significant at 0.05" in text
 
 
+def test_findings_say_when_a_variant_trained_longer(report: R.Report) -> None:
+    v = _by_name(report)
+    assert not any("epochs, the baseline" in f for f in report.findings)  # same budget: nothing said
+    longer = dataclasses.replace(v["dropout"], params={**v["dropout"].params, "epochs": "60"},
+                                 differs=[*v["dropout"].differs, "epochs"])
+    base = dataclasses.replace(v["none"], params={**v["none"].params, "epochs": "30"})
+    text = R.findings(dataclasses.replace(report, variants=[base, longer]))
+    assert ("Variant dropout trained for 60 epochs, the baseline none for 30: part of its difference may "
+            "come from its 30 more epochs, not from its regularization.") in text
+
+
 # ---- other shapes of sweep ----------------------------------------------------------------------
 def test_regression_uses_the_test_twin(tmp_path: Path, _empty_store: Path) -> None:
     fake = build_fake_sweep(_store(tmp_path, _empty_store), tmp_path / "a", task="regression", name="reg")
