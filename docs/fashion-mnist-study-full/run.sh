@@ -14,8 +14,8 @@
 #   run.sh restore        a new machine: the study folder back from state/, src/ from its commit
 #
 # MLflow's artifact URIs and Tune's experiment state hold absolute paths: restore to the same
-# STUDY_DIR. Only the checkpoints of unfinished trials are kept (a finished trial's is never read
-# again; each is ~22 MB), so an interrupted trial continues where it stopped.
+# STUDY_DIR. Only the checkpoint each unfinished trial would restore from is kept (a finished
+# trial's is never read again; each is ~22 MB), so an interrupted trial continues where it stopped.
 #
 # Everything is inside main(), which bash reads whole before running it: bash reads a plain
 # script as it goes, so editing this file under a running study broke the study's shell.
@@ -53,26 +53,29 @@ case "${1:-}" in
       echo "the study is running: stop it first (kill -INT \$(pgrep -f 'sweeps.cli resume'))" >&2; exit 1
     fi
     mkdir -p "$state"
-    # the checkpoints of finished trials (TERMINATED, ERROR in Tune's newest experiment state)
+    # left out: every checkpoint of a finished trial (TERMINATED, ERROR in Tune's newest experiment
+    # state), and an unfinished trial's checkpoints that the state does not point to (one written
+    # after the state was last saved; Tune restores from the one it points to)
     python3 - > /tmp/study-exclude.txt <<'PY'
-import glob, json, os
+import glob, json, os, re
 for folder in sorted(glob.glob("sweep_results/*/")):
     states = sorted(glob.glob(os.path.join(folder, "experiment_state-*.json")))
     if not states:
         continue
     with open(states[-1]) as f:
         trials = json.load(f)["trial_data"]
-    for trial_json, _ in trials:
+    for trial_json, runtime_json in trials:
         trial = json.loads(trial_json)
-        if trial["status"] in ("TERMINATED", "ERROR"):
-            for ckpt in glob.glob(os.path.join(glob.escape(folder), glob.escape(trial["relative_logdir"]), "checkpoint_*")):
+        keep = set() if trial["status"] in ("TERMINATED", "ERROR") else set(re.findall(r"checkpoint_\d+", runtime_json))
+        for ckpt in glob.glob(os.path.join(glob.escape(folder), glob.escape(trial["relative_logdir"]), "checkpoint_*")):
+            if os.path.basename(ckpt) not in keep:
                 print(ckpt)
 PY
     rm -f "$state"/study.tar.xz.part-*
     tar -c --no-wildcards --exclude-from=/tmp/study-exclude.txt --exclude=./src -C "$study" . \
       | xz -T2 -6 | split -b 45m - "$state/study.tar.xz.part-"
     { echo "snapshot of $study, $(date -u +%FT%TZ)"; echo "code: $(cat src/COMMIT)"
-      echo "finished trials' checkpoints left out: $(wc -l < /tmp/study-exclude.txt)"
+      echo "checkpoints left out (finished trials', superseded): $(wc -l < /tmp/study-exclude.txt)"
       (cd "$state" && sha256sum study.tar.xz.part-*); } > "$state/MANIFEST"
     du -sh "$state"; cat "$state/MANIFEST" ;;
   restore)
