@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Fashion-MNIST regularization study at the example file's size (784-1024-1024-10, 30 epochs,
-# 12 TPE trials per variant, 8 variants, 10 seeds) on the 2-core CPU machine. It needs about
-# 8 hours of an idle machine, more than a session, and a session's machine may not be the next
+# 12 TPE trials per variant, 9 variants, 10 seeds) on the 2-core CPU machine. It needs about
+# 10 hours of an idle machine, more than a session, and a session's machine may not be the next
 # one's, so its state travels in the repository between sessions (snapshot / restore).
 #
 #   run.sh setup COMMIT   the study folder ($STUDY_DIR, default /work/study-full) with a frozen copy
@@ -40,12 +40,11 @@ case "${1:-}" in
   run|resume)
     cd "$study"
     start=$(date +%s)
-    verb=$1; [ "$verb" = resume ] || verb=run
     # nice 19: the study takes only the CPU time nothing else wants. With the kernel's autogroup
     # scheduling, nice ranks processes only within their session: start this script with setsid
     # (its own session) and the session's group is niced too, so other sessions' work comes first
     echo 19 > /proc/self/autogroup 2>/dev/null || true
-    PYTHONPATH=$PWD/src nice -n 19 python3 -m sweeps.cli "$verb" "$file" && rc=0 || rc=$?
+    PYTHONPATH=$PWD/src nice -n 19 python3 -m sweeps.cli "$1" "$file" && rc=0 || rc=$?
     echo "exit $rc after $(( $(date +%s) - start )) s" ;;
   snapshot)
     cd "$study"
