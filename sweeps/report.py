@@ -344,8 +344,14 @@ class _Builder:
         self.primary, self.primary_goal = _primary_metric(self.runs, self.metric, self.goal)
         self.psign = 1.0 if self.primary_goal == "maximize" else -1.0
         found = {_variant(r) for r in self.runs}
-        declared = [v for v in (self.spec.get("variants") or {}) if v in found]
-        self.variant_names = declared + sorted(found - set(declared)) or [MAIN]
+        self.declared = list(self.spec.get("variants") or {})
+        self.variant_names = [v for v in self.declared if v in found] + sorted(found - set(self.declared)) or [MAIN]
+        # a study stopped (or still running) part-way: its later variants have no runs yet
+        unstarted = [v for v in self.declared if v not in found]
+        if unstarted:
+            self.notes.append(
+                f"Not started yet: {len(unstarted)} of the {len(self.declared)} variants in the spec have no runs "
+                f"({', '.join(unstarted)}); they are not in the tables or figures.")
         self.baseline = (ptags.get(T.BASELINE_VARIANT) or self.spec.get("baseline_variant")
                          or self.variant_names[0])
         added = [v for v in ptags.get(VARIANTS_ADDED_TAG, "").split(",") if v]
@@ -377,7 +383,10 @@ class _Builder:
                 epochs += max(max(s for s, _ in history), len(history))
             seconds += sum(v for _, v in timing if math.isfinite(v))
         trials = self.parent.data.params.get("search.trials")
-        planned = int(trials) * len(self.variant_names) if trials and trials.isdigit() else None
+        # every variant the spec declares (run or not yet), plus any found without a declaration
+        n_variants = (len(self.declared) + sum(1 for v in self.variant_names if v not in self.declared and v != MAIN)
+                      or len(self.variant_names))
+        planned = int(trials) * n_variants if trials and trials.isdigit() else None
         end = self.parent.info.end_time
         start = self.parent.info.start_time
         wall = ((end if end else time.time() * 1000) - start) / 1000 if start else None

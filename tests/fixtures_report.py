@@ -134,8 +134,11 @@ def _trial(uri: str, tracker: SweepTracker, trial_id: str, params: dict, extra_t
 def build_fake_sweep(uri: str, artifact_dir: Path, *, variants: Sequence[str | None] = ("none", "dropout"),
                      trials: int = 3, seeds: int | None = 3, task: str = "classification",
                      with_failures: bool = True, name: str = "fake-study", seed: int = 0,
-                     conditional: bool = False) -> FakeSweep:
+                     conditional: bool = False, unstarted: Sequence[str] = ()) -> FakeSweep:
     """Write a finished sweep: parent, search trials, rank1 repeats and summary runs per variant.
+
+    ``unstarted`` names variants the spec declares after ``variants`` but that have no runs: a
+    study stopped part-way; its parent run is then left running, as an interrupted sweep's is.
 
     ``variants=(None,)`` writes a sweep without variants (no ``sweep.variant`` tags). With
     ``with_failures``, the baseline's last search trial is stopped early and the next variant's
@@ -148,7 +151,7 @@ def build_fake_sweep(uri: str, artifact_dir: Path, *, variants: Sequence[str | N
         client.create_experiment(experiment, artifact_location=Path(artifact_dir).resolve().as_uri())
     sweep_id = f"20260101-000000-{seed:06x}"
     tracker = SweepTracker(uri, experiment, name, sweep_id)
-    resolved = _spec(name, variants, task, trials, seeds, conditional)
+    resolved = _spec(name, [*variants, *unstarted], task, trials, seeds, conditional)
     metric = resolved["metric"]["name"]
     parent = tracker.start(resolved["description"], params={"search.trials": trials, "search.seed": 0})
     tracker.set_tags({T.METRIC: f"{metric}:{resolved['metric']['goal']}"})
@@ -209,7 +212,8 @@ def build_fake_sweep(uri: str, artifact_dir: Path, *, variants: Sequence[str | N
         params = {k: v for k, v in best[2].items() if k != "seed"}
         tracker.log_summary_run("rank1", best[1], params, metrics, seeds=list(range(1000, 1000 + seeds)),
                                 variant=variant)
-    tracker.finish("completed", {T.BEST_TRIAL: best_trial})
+    if not unstarted:
+        tracker.finish("completed", {T.BEST_TRIAL: best_trial})
     return out
 
 

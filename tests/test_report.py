@@ -279,3 +279,20 @@ def test_variants_added_on_resume_are_named_in_the_notes(tmp_path: Path, _empty_
     (note,) = [n for n in rep.notes if "Added on resume" in n]
     assert "after the study had started: dropout." in note
     assert "Added on resume" in R.render_html(rep) and "Added on resume" in R.render_markdown(rep)
+
+
+def test_a_study_stopped_part_way_names_its_unstarted_variants(tmp_path: Path, _empty_store: Path,
+                                                               report: R.Report) -> None:
+    fake = build_fake_sweep(_store(tmp_path, _empty_store), tmp_path / "a", name="part", trials=2, seeds=2,
+                            with_failures=False, unstarted=("l2", "l1"))
+    rep = R.build_report(fake.uri, fake.sweep_id)
+    assert [v.name for v in rep.variants] == ["none", "dropout"]
+    (note,) = [n for n in rep.notes if n.startswith("Not started yet")]
+    assert "2 of the 4 variants in the spec have no runs (l2, l1)" in note
+    # the plan counts every declared variant's trials, run or not
+    assert rep.budget.planned_trials == 2 * 4 and sum(rep.budget.search_by_status.values()) == 2 * 2
+    assert rep.budget.still_running
+    assert "Not started yet" in R.render_markdown(rep)
+    # the finished two-variant study has no such note, and plans only its own trials
+    assert not any(n.startswith("Not started yet") for n in report.notes)
+    assert report.budget.planned_trials == 3 * 2 and not report.budget.still_running
