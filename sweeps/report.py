@@ -41,7 +41,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from sweeps.resume import VARIANTS_ADDED_TAG
-from sweeps.stats import Comparison, summarize, welch
+from sweeps.stats import Comparison, holm, summarize, welch
 from tracking import client_for, resolve_tracking_uri
 from tracking import tags as T
 from tracking.plots import _colors, _figure, _render
@@ -538,6 +538,13 @@ def _difference(metric: str, a: float, b: float) -> str:
     return f"{absolute} ({relative})"
 
 
+def holm_adjusted(report: Report) -> dict[str, float]:
+    """Each tested variant's Welch p-value after Holm's correction for all the variants tested
+    against the baseline (the family: every variant with a comparison)."""
+    tested = [v for v in report.variants if v.comparison is not None]
+    return dict(zip([v.name for v in tested], holm([v.comparison.p_value for v in tested])))  # type: ignore[union-attr]
+
+
 def findings(report: Report) -> list[str]:
     """Sentences computed from the report's numbers (no sentence is written without data behind it)."""
     out: list[str] = []
@@ -557,6 +564,8 @@ def findings(report: Report) -> list[str]:
         out.append(f"Best {p} ({what} is better): variant {win.name} with {_fmt(win.mean)}"
                    f"{f' ± {_fmt(win.se, 2)} SE' if _finite(win.se) else ''} over n = {win.n}, vs {role} "
                    f"{other.name} with {_fmt(other.mean)}: {_difference(p, win.mean, other.mean)}.")
+    adjusted = holm_adjusted(report)
+    several = len(adjusted) > 1
     for v in report.variants:
         c = v.comparison
         if c is None:
@@ -569,12 +578,19 @@ def findings(report: Report) -> list[str]:
             f"Variant {v.name} vs baseline {report.baseline}: mean difference {c.mean_difference:+.4g} "
             f"({'better' if better else 'worse'}), Welch's two-sided t-test on per-seed {p} "
             f"(n = {len(v.values)} vs {len(base.values) if base else 0}): p = {_fmt_p(c.p_value)}, "
-            f"Hedges' g = {_fmt(c.hedges_g, 3)}: {'significant' if sig else 'not significant'} at {ALPHA}.")
+            f"Hedges' g = {_fmt(c.hedges_g, 3)}: {'significant' if sig else 'not significant'} at {ALPHA}"
+            + (f" (Holm-adjusted p = {_fmt_p(adjusted[v.name])})." if several else "."))
     out.extend(_budget_differences(report.variants, base))
-    tests = [v for v in report.variants if v.comparison is not None]
-    if len(tests) > 1:
-        out.append(f"{len(tests)} variants were tested against the baseline; the p-values are not corrected "
-                   f"for multiple comparisons (Bonferroni threshold: {ALPHA / len(tests):.3g}).")
+    if several:
+        kept = [name for name, q in adjusted.items() if q < ALPHA]
+        raw = [v.name for v in report.variants if v.comparison is not None and v.comparison.p_value < ALPHA]
+        lost = [name for name in raw if name not in kept]
+        out.append(
+            f"{len(adjusted)} variants were tested against the same baseline. After Holm's correction for "
+            f"{len(adjusted)} comparisons (family-wise error rate {ALPHA}), "
+            + (f"{len(kept)} remain{'s' if len(kept) == 1 else ''} significant: {', '.join(kept)}" if kept
+               else "none remains significant")
+            + (f"; no longer significant: {', '.join(lost)}." if lost else "."))
     labels = {"high_bias": "under-fits (high bias)", "high_variance": "over-fits (high variance)",
               "high_bias_high_variance": "both under- and over-fits (high bias and high variance)",
               "good_fit": "fits well (good_fit)", "no_better_than_baseline": "is no better than a naive baseline"}
@@ -895,6 +911,7 @@ class _Figures:
 def _tables(report: Report) -> dict[str, tuple[list[str], list[list[str]], list[list[bool]]]]:
     """Each table: header, rows of cell texts, and which cells to highlight (differs from the baseline)."""
     p, ci = report.primary_metric, f"{report.confidence:.0%} CI"
+    adjusted = holm_adjusted(report)
     res_rows, res_marks = [], []
     for v in report.variants:
         c = v.comparison
@@ -903,9 +920,9 @@ def _tables(report: Report) -> dict[str, tuple[list[str], list[list[str]], list[
             v.name + (" (baseline)" if v.is_baseline else ""), f"{_fmt(v.mean)} ± {_fmt(v.se, 2)}",
             f"[{_fmt(v.ci_low)}, {_fmt(v.ci_high)}]", str(v.n),
             f"{c.mean_difference:+.4g}" if c else "–", _fmt_p(c.p_value) if c else "–",
-            _fmt(c.hedges_g, 3) if c else "–", params or "–", v.source,
+            _fmt_p(adjusted[v.name]) if c else "–", _fmt(c.hedges_g, 3) if c else "–", params or "–", v.source,
         ])
-        res_marks.append([False] * 7 + [bool(v.differs), False])
+        res_marks.append([False] * 8 + [bool(v.differs), False])
     b = report.budget
     budget_rows = [[f"search trials: {s}", str(n)] for s, n in sorted(b.search_by_status.items())]
     budget_rows += [
@@ -926,7 +943,7 @@ def _tables(report: Report) -> dict[str, tuple[list[str], list[list[str]], list[
                         _fmt(bv.variance) if bv else "–",
                         f"{bv.verdict} ({bv.verdict_count}/{bv.verdict_total})" if bv and bv.verdict else "–"])
     return {
-        "results": (["variant", f"{p} mean ± SE", ci, "n seeds", "Δ vs baseline", "Welch p", "Hedges' g",
+        "results": (["variant", f"{p} mean ± SE", ci, "n seeds", "Δ vs baseline", "Welch p", "Holm p", "Hedges' g",
                      "best hyperparameters (* differs from baseline)", "source"], res_rows, res_marks),
         "budget": (["budget", "value"], budget_rows, [[False, False]] * len(budget_rows)),
         "bias-variance": (["variant", "over", "runs", "mean diag_train_error", "mean diag_val_error",

@@ -138,6 +138,34 @@ def test_findings_follow_the_numbers(report: R.Report) -> None:
     assert "p = 0.3000" in text and "(worse)" in text and "not significant at 0.05" in text
 
 
+def test_several_variants_are_corrected_with_holm(report: R.Report) -> None:
+    v = _by_name(report)
+    c = v["dropout"].comparison
+    assert c is not None
+    # one comparison: no family to correct; the Holm column repeats the p-value
+    text = "\n".join(report.findings)
+    assert "Holm" not in text
+    header, rows, _ = R._tables(report)["results"]
+    holm_col = header.index("Holm p")
+    assert header[holm_col - 1] == "Welch p" and rows[1][holm_col] == rows[1][holm_col - 1] and rows[0][holm_col] == "–"
+
+    def tested(name: str, p: float) -> R.VariantResult:
+        return dataclasses.replace(v["dropout"], name=name, comparison=dataclasses.replace(c, p_value=p))
+
+    # by hand: sorted 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 -> 0.06 (step-down stays monotone)
+    three = dataclasses.replace(report, variants=[v["none"], tested("dropout", 0.01), tested("l1", 0.04),
+                                                  tested("l2", 0.03)])
+    text = "\n".join(R.findings(three))
+    assert "After Holm's correction for 3 comparisons (family-wise error rate 0.05), 1 remains significant: " \
+           "dropout; no longer significant: l1, l2." in text
+    assert "Variant l1 vs baseline none" in text and "p = 0.0400" in text and "(Holm-adjusted p = 0.0600)" in text
+    _, rows, marks = R._tables(three)["results"]
+    assert [r[holm_col] for r in rows] == ["–", "0.0300", "0.0600", "0.0600"]
+    assert all(len(m) == len(header) for m in marks)
+    none_left = dataclasses.replace(three, variants=[v["none"], tested("dropout", 0.03), tested("l1", 0.3)])
+    assert "none remains significant; no longer significant: dropout." in "\n".join(R.findings(none_left))
+
+
 def test_findings_say_when_a_variant_trained_longer(report: R.Report) -> None:
     v = _by_name(report)
     assert not any("epochs, the baseline" in f for f in report.findings)  # same budget: nothing said

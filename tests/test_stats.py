@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sweeps.stats import summarize, welch
+from sweeps.stats import holm, summarize, welch
 
 
 def test_summary_matches_the_formulas() -> None:
@@ -54,3 +54,27 @@ def test_welch_matches_scipy_and_hedges_g() -> None:
     d = (np.mean(a) - np.mean(b)) / pooled
     assert c.hedges_g == pytest.approx(d * (1 - 3 / (4 * (na + nb) - 9)))
     assert c.mean_difference == pytest.approx(np.mean(a) - np.mean(b))
+
+
+def test_holm_step_down_by_hand() -> None:
+    # sorted: 0.01 (x4 = 0.04), 0.03 (x3 = 0.09), 0.04 (x2 = 0.08 -> 0.09, monotone), 0.2 (x1)
+    assert holm([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.09, 0.09, 0.2])
+    # capped at 1; one test is its own correction; NaN stays out of the family
+    assert holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
+    assert holm([0.02]) == pytest.approx([0.02])
+    adjusted = holm([0.01, float("nan"), 0.02])
+    assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.02)
+    assert holm([]) == []
+
+
+def test_holm_lies_between_raw_and_bonferroni() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        ps = rng.uniform(0, 0.2, size=int(rng.integers(1, 9)))
+        adjusted = np.array(holm(ps))
+        assert np.all(adjusted >= ps - 1e-15) and np.all(adjusted <= np.minimum(1, len(ps) * ps) + 1e-15)
+
+
+def test_holm_refuses_a_value_outside_zero_one() -> None:
+    with pytest.raises(ValueError, match=r"p_values=\[1.5\].*\[0, 1\]"):
+        holm([0.1, 1.5])
