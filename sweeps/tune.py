@@ -623,6 +623,7 @@ def run_sweep(
     status = "failed"
     fitted = False
     summaries: list[ConfigSummary] = []
+    summarized: dict[str | None, list[ConfigSummary]] = {}  # stages summarized in this execution
     if spec.variants:
         tracker.set_tags({T.BASELINE_VARIANT: spec.baseline()})
     try:
@@ -662,6 +663,12 @@ def run_sweep(
                 complete = len(repeats.outcomes) >= len(points)
                 if not complete:
                     break
+                # this stage's statistics as soon as its seeds are in, not only when the whole study
+                # ends: a study of many variants that is stopped later keeps them (at the end a
+                # summary run is updated, never duplicated). No trial runs between stages, so the
+                # runs still open are this stage's, closing
+                tracker.reconcile({k: v for cb in callbacks for k, v in cb.outcomes.items()}, wait_seconds=10.0)
+                summarized[variant] = summarize_repeats(tracker, spec, variant)
         fitted = True
         status = "completed" if complete else "interrupted"
     except KeyboardInterrupt:
@@ -678,7 +685,8 @@ def run_sweep(
             tracker.retire_orphans(set(outcomes))
         if status == "completed" and spec.repeats is not None:
             for variant, _ in spec.variant_specs():
-                summaries.extend(summarize_repeats(tracker, spec, variant))
+                done = summarized.get(variant)
+                summaries.extend(done if done is not None else summarize_repeats(tracker, spec, variant))
         main_search = searches.get(spec.baseline()) or next(iter(searches.values()), None)
         best_tags = _best_tags(tracker, spec, main_search, summaries) if main_search else {}
         tracker.log_metrics({f"trials_{s.value}": n for s, n in count_statuses(outcomes.values()).items()})

@@ -306,6 +306,10 @@ def test_study_runs_every_variant_with_the_same_budget(ray_session, tmp_path: Pa
     assert all(0.1 <= d <= 0.5 for d in dropouts)
     assert {float(r.data.params["dropout"]) for r in by_stage[("none", "search")]} == {0.0}
     assert [s.variant for s in outcome.summaries] == ["none", "dropout", "l2"]
+    # each variant's summary is written when its repeats are done, before the next variant's search
+    for done, following in (("none", "dropout"), ("dropout", "l2")):
+        summary = by_stage[(done, "summary")][0]
+        assert summary.info.start_time <= min(r.info.start_time for r in by_stage[(following, "search")])
     # the report of this miniature study agrees with the runs it came from
     from sweeps.report import build_report, write_report
 
