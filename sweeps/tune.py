@@ -617,6 +617,8 @@ def run_sweep(
         record_added_variants(tracker, resume, spec, source_text)
     else:
         parent = _start_parent(tracker, spec, source_text, results_dir)
+    # the trials earlier executions finished: an interruption or failure of this one leaves them be
+    settled = tracker.settled_runs() if resume else set()
 
     callbacks: list[_SweepCallback] = []
     searches: dict[str | None, _SweepCallback] = {}
@@ -680,7 +682,7 @@ def run_sweep(
         if closed:
             logger.warning("closed %d trial run(s) that their workers left RUNNING", closed)
         if status != "completed":
-            tracker.mark_interrupted(set(outcomes))
+            tracker.mark_interrupted(set(outcomes), settled)
         elif resume is not None:
             tracker.retire_orphans(set(outcomes))
         if status == "completed" and spec.repeats is not None:

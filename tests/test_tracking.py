@@ -130,3 +130,25 @@ def test_interrupted_trials_are_failed_not_stopped_early(sweep: SweepTracker) ->
     assert runs["cut"].info.status == "KILLED"
     assert "interrupted" in runs["cut"].data.tags[tags.FAILURE_REASON]
     sweep.finish("interrupted")
+
+
+def test_a_resumed_sweep_that_fails_early_leaves_earlier_trials_be(sweep: SweepTracker) -> None:
+    """A resume that dies before any stage reports (Ray failed to start) knows no outcomes: the
+    trials earlier executions finished keep their status; a trial cut off then, and continued
+    in this execution, is still relabelled."""
+    done = _open(sweep, "done")
+    done.finish(TrialStatus.COMPLETED)
+    asha = _open(sweep, "asha")
+    asha.finish(TrialStatus.STOPPED_EARLY, stopped_epoch=3)
+    cut = _open(sweep, "cut")
+    cut.finish(TrialStatus.STOPPED_EARLY, stopped_epoch=2)
+    assert sweep.mark_interrupted({"done", "asha"}) == 1  # the first execution is interrupted
+    settled = sweep.settled_runs()  # the resume begins
+    by_id = {r.data.tags[tags.TRIAL_ID]: r.info.run_id for r in sweep.child_runs()}
+    assert settled == {by_id["done"], by_id["asha"]}
+    assert sweep.mark_interrupted(set(), settled) == 1  # it fails before any outcome
+    runs = {r.data.tags[tags.TRIAL_ID]: r for r in sweep.child_runs()}
+    assert runs["done"].data.tags[tags.TRIAL_STATUS] == "completed" and runs["done"].info.status == "FINISHED"
+    assert runs["asha"].data.tags[tags.TRIAL_STATUS] == "stopped_early"
+    assert runs["cut"].data.tags[tags.TRIAL_STATUS] == "failed"
+    sweep.finish("interrupted")

@@ -421,15 +421,24 @@ class SweepTracker:
         self.client.set_terminated(run_id, status="FINISHED")
         return run_id
 
-    def mark_interrupted(self, finished_trial_ids: set[str]) -> int:
+    def settled_runs(self) -> set[str]:
+        """Run ids of the trials already completed or stopped early: a resumed sweep never runs
+        them again, so nothing this execution does may relabel them."""
+        return {r.info.run_id for r in self.child_runs()
+                if r.data.tags.get(tags.TRIAL_STATUS) in (tags.COMPLETED, tags.STOPPED_EARLY)}
+
+    def mark_interrupted(self, finished_trial_ids: set[str], settled: set[str] | frozenset[str] = frozenset()) -> int:
         """Record trials cut off by an interrupted sweep as failed, whatever their worker wrote.
 
         A worker sees an interruption exactly as it sees an ASHA stop; only the driver knows
         the difference, and ``stopped_early`` must keep meaning "stopped by the scheduler".
+        ``settled`` (from :meth:`settled_runs`, taken when the execution began) holds the runs an
+        earlier execution finished: they are left as they are, also when this one fails before
+        its stages report anything (it once relabelled a whole resumed study as failed).
         """
         count = 0
         for run in self.child_runs():
-            if run.data.tags.get(tags.TRIAL_ID) in finished_trial_ids:
+            if run.data.tags.get(tags.TRIAL_ID) in finished_trial_ids or run.info.run_id in settled:
                 continue
             values = {tags.TRIAL_STATUS: tags.FAILED,
                       tags.FAILURE_REASON: "interrupted: the sweep was stopped before this trial finished"}
