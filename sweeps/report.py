@@ -384,8 +384,7 @@ class _Builder:
             seconds += sum(v for _, v in timing if math.isfinite(v))
         trials = self.parent.data.params.get("search.trials")
         # every variant the spec declares (run or not yet), plus any found without a declaration
-        n_variants = (len(self.declared) + sum(1 for v in self.variant_names if v not in self.declared and v != MAIN)
-                      or len(self.variant_names))
+        n_variants = len(set(self.declared) | set(self.variant_names) - {MAIN}) or 1
         planned = int(trials) * n_variants if trials and trials.isdigit() else None
         end = self.parent.info.end_time
         start = self.parent.info.start_time

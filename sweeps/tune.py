@@ -686,9 +686,8 @@ def run_sweep(
         elif resume is not None:
             tracker.retire_orphans(set(outcomes))
         if status == "completed" and spec.repeats is not None:
-            for variant, _ in spec.variant_specs():
-                done = summarized.get(variant)
-                summaries.extend(done if done is not None else summarize_repeats(tracker, spec, variant))
+            for variant, _ in spec.variant_specs():  # a completed execution summarized every stage
+                summaries.extend(summarized[variant])
         main_search = searches.get(spec.baseline()) or next(iter(searches.values()), None)
         best_tags = _best_tags(tracker, spec, main_search, summaries) if main_search else {}
         tracker.log_metrics({f"trials_{s.value}": n for s, n in count_statuses(outcomes.values()).items()})

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -427,7 +427,7 @@ class SweepTracker:
         return {r.info.run_id for r in self.child_runs()
                 if r.data.tags.get(tags.TRIAL_STATUS) in (tags.COMPLETED, tags.STOPPED_EARLY)}
 
-    def mark_interrupted(self, finished_trial_ids: set[str], settled: set[str] | frozenset[str] = frozenset()) -> int:
+    def mark_interrupted(self, finished_trial_ids: set[str], settled: Collection[str] = ()) -> int:
         """Record trials cut off by an interrupted sweep as failed, whatever their worker wrote.
 
         A worker sees an interruption exactly as it sees an ASHA stop; only the driver knows
