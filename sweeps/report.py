@@ -87,8 +87,9 @@ class VariantResult:
     n: int
     values: list[float]  # the primary metric per seed (rank1 repeats)
     seeds: list[str]
-    params: dict[str, str]
+    params: dict[str, str]  # shown: the searched parameters and those that differ from the baseline's
     differs: list[str]  # params whose best value differs from the baseline's
+    run_params: dict[str, str] = field(default_factory=dict)  # every parameter of the run (seed left out)
     comparison: Comparison | None = None
     comparison_note: str = ""
     bias_variance: BiasVariance | None = None
@@ -442,7 +443,7 @@ class _Builder:
             source_trial=(run.data.tags.get(T.SOURCE_TRIAL) or run.data.tags.get(T.TRIAL_ID)) if run else None,
             mean=mean, se=se, ci_low=lo, ci_high=hi, n=n, values=values,
             seeds=[r.data.tags.get(T.SEED, "") for r in repeats if _finite(r.data.metrics.get(p))],
-            params=params, differs=[],
+            params=params, differs=[], run_params=dict(params),
             search_counts=dict(Counter(r.data.tags.get(T.TRIAL_STATUS, "unknown")
                                        for r in self.of(variant, "search"))),
         )
@@ -625,13 +626,13 @@ def findings(report: Report) -> list[str]:
 def _budget_differences(variants: list[VariantResult], base: VariantResult | None) -> list[str]:
     """A variant trained for another number of epochs than the baseline is not compared on
     regularization alone: say so next to its test."""
-    if base is None or "epochs" not in base.params:
+    if base is None or "epochs" not in base.run_params:
         return []
     out = []
     for v in variants:
-        if v is base or "epochs" not in v.differs or "epochs" not in v.params:
+        mine, theirs = v.run_params.get("epochs"), base.run_params["epochs"]
+        if v is base or mine is None or mine == theirs:
             continue
-        mine, theirs = v.params["epochs"], base.params["epochs"]
         try:
             gap = float(mine) - float(theirs)
             budget = f"its {abs(gap):g} {'more' if gap > 0 else 'fewer'} epochs"

@@ -9,7 +9,7 @@ generator with a known effect per variant, so the tests know the winner.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +51,7 @@ class FakeSweep:
 
 
 def _spec(name: str, variants: Sequence[str | None], task: str, trials: int, seeds: int | None,
-          conditional: bool) -> dict:
+          conditional: bool, variant_epochs: Mapping[str, int]) -> dict:
     raw: dict = {
         "name": name,
         "description": f"Fake {task} sweep: does dropout help?" if len(variants) > 1 else f"Fake {task} sweep",
@@ -70,6 +70,7 @@ def _spec(name: str, variants: Sequence[str | None], task: str, trials: int, see
         raw["repeats"] = {"top_k": 1, "seeds": seeds}
     if len(variants) > 1:
         raw["variants"] = {v: ({} if i == 0 else {"dropout": {"distribution": "uniform", "min": 0.1, "max": 0.5}})
+                           | ({"epochs": variant_epochs[v]} if v in variant_epochs else {})
                            for i, v in enumerate(variants)}
         raw["baseline_variant"] = variants[0]
     if task == "regression":
@@ -134,7 +135,8 @@ def _trial(uri: str, tracker: SweepTracker, trial_id: str, params: dict, extra_t
 def build_fake_sweep(uri: str, artifact_dir: Path, *, variants: Sequence[str | None] = ("none", "dropout"),
                      trials: int = 3, seeds: int | None = 3, task: str = "classification",
                      with_failures: bool = True, name: str = "fake-study", seed: int = 0,
-                     conditional: bool = False, unstarted: Sequence[str] = ()) -> FakeSweep:
+                     conditional: bool = False, unstarted: Sequence[str] = (),
+                     variant_epochs: Mapping[str, int] | None = None) -> FakeSweep:
     """Write a finished sweep: parent, search trials, rank1 repeats and summary runs per variant.
 
     ``unstarted`` names variants the spec declares after ``variants`` but that have no runs: a
@@ -143,7 +145,10 @@ def build_fake_sweep(uri: str, artifact_dir: Path, *, variants: Sequence[str | N
     ``variants=(None,)`` writes a sweep without variants (no ``sweep.variant`` tags). With
     ``with_failures``, the baseline's last search trial is stopped early and the next variant's
     last one fails. ``seeds=None`` writes no repeats. ``task`` is ``classification`` or ``regression``.
+    ``variant_epochs`` sets a variant's ``epochs`` parameter (its file's override; default 5, the
+    baseline's), as the example studies' longer-trained shift variant does.
     """
+    variant_epochs = dict(variant_epochs or {})
     rng = np.random.default_rng(seed)
     client = client_for(uri)
     experiment = name
@@ -151,7 +156,7 @@ def build_fake_sweep(uri: str, artifact_dir: Path, *, variants: Sequence[str | N
         client.create_experiment(experiment, artifact_location=Path(artifact_dir).resolve().as_uri())
     sweep_id = f"20260101-000000-{seed:06x}"
     tracker = SweepTracker(uri, experiment, name, sweep_id)
-    resolved = _spec(name, [*variants, *unstarted], task, trials, seeds, conditional)
+    resolved = _spec(name, [*variants, *unstarted], task, trials, seeds, conditional, variant_epochs)
     metric = resolved["metric"]["name"]
     parent = tracker.start(resolved["description"], params={"search.trials": trials, "search.seed": 0})
     tracker.set_tags({T.METRIC: f"{metric}:{resolved['metric']['goal']}"})
@@ -174,8 +179,8 @@ def build_fake_sweep(uri: str, artifact_dir: Path, *, variants: Sequence[str | N
             status = TrialStatus.COMPLETED
             if with_failures and i == trials - 1 and index < 2:
                 status = TrialStatus.STOPPED_EARLY if index == 0 else TrialStatus.FAILED
-            params = {"epochs": 5, "hidden_size": 32, "lr": float(10 ** rng.uniform(-3, -2)),
-                      "optimizer": ["adam", "sgd"][i % 2], "seed": 0}
+            params = {"epochs": variant_epochs.get(vname, 5), "hidden_size": 32,
+                      "lr": float(10 ** rng.uniform(-3, -2)), "optimizer": ["adam", "sgd"][i % 2], "seed": 0}
             if conditional and params["optimizer"] == "sgd":
                 params["momentum"] = float(rng.uniform(0.5, 0.99))
             if multi and index > 0:

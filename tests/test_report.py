@@ -166,15 +166,16 @@ def test_several_variants_are_corrected_with_holm(report: R.Report) -> None:
     assert "none remains significant; no longer significant: dropout." in "\n".join(R.findings(none_left))
 
 
-def test_findings_say_when_a_variant_trained_longer(report: R.Report) -> None:
-    v = _by_name(report)
+def test_findings_say_when_a_variant_trained_longer(report: R.Report, tmp_path: Path, _empty_store: Path) -> None:
     assert not any("epochs, the baseline" in f for f in report.findings)  # same budget: nothing said
-    longer = dataclasses.replace(v["dropout"], params={**v["dropout"].params, "epochs": "60"},
-                                 differs=[*v["dropout"].differs, "epochs"])
-    base = dataclasses.replace(v["none"], params={**v["none"].params, "epochs": "30"})
-    text = R.findings(dataclasses.replace(report, variants=[base, longer]))
-    assert ("Variant dropout trained for 60 epochs, the baseline none for 30: part of its difference may "
-            "come from its 30 more epochs, not from its regularization.") in text
+    # built from the store, as `sweep report` does: the baseline's epochs are a fixed parameter that
+    # the results table leaves out (not searched, not different), and the finding still sees them
+    fake = build_fake_sweep(_store(tmp_path, _empty_store), tmp_path / "a", variant_epochs={"dropout": 10})
+    rep = R.build_report(fake.uri, fake.sweep_id)
+    base, longer = _by_name(rep)["none"], _by_name(rep)["dropout"]
+    assert "epochs" not in base.params and longer.params["epochs"] == "10" and "epochs" in longer.differs
+    assert ("Variant dropout trained for 10 epochs, the baseline none for 5: part of its difference may "
+            "come from its 5 more epochs, not from its regularization.") in rep.findings
 
 
 # ---- other shapes of sweep ----------------------------------------------------------------------
