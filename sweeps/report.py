@@ -106,6 +106,9 @@ class Budget:
     summary_runs: int
     total_epochs: int
     epoch_seconds: float  # sum of every run's per-epoch time (train + validation), all runs
+    cpu_seconds: float  # sum of the trial runs' CPU seconds (tags.CPU_SECONDS), where recorded
+    cpu_runs: int  # trial runs that recorded their CPU seconds
+    trial_runs: int  # search and repeat runs
     wall_seconds: float | None
     still_running: bool
 
@@ -376,6 +379,7 @@ class _Builder:
                   and r.data.tags.get(T.STAGE, "search") == "search"]
         repeats = [r for r in self.runs if r.data.tags.get(T.STAGE) == "repeat"]
         epochs, seconds = 0, 0.0
+        cpu = [c for r in search + repeats if _finite(c := r.data.metrics.get(T.CPU_SECONDS))]
         for run in search + repeats:
             timing = self.hist.get(run, "epoch_seconds")
             history = timing or next((h for k in ("train_loss", "val_loss", self.metric)
@@ -395,7 +399,8 @@ class _Builder:
             search_by_status=dict(Counter(r.data.tags.get(T.TRIAL_STATUS, "unknown") for r in search)),
             repeat_by_status=dict(Counter(r.data.tags.get(T.TRIAL_STATUS, "unknown") for r in repeats)),
             summary_runs=sum(1 for r in self.runs if r.data.tags.get(T.ROLE) == "summary"),
-            total_epochs=epochs, epoch_seconds=seconds, wall_seconds=wall, still_running=not end,
+            total_epochs=epochs, epoch_seconds=seconds, cpu_seconds=float(sum(cpu)), cpu_runs=len(cpu),
+            trial_runs=len(search) + len(repeats), wall_seconds=wall, still_running=not end,
         )
 
     def best_search(self, variant: str) -> Run | None:
@@ -932,6 +937,9 @@ def _tables(report: Report) -> dict[str, tuple[list[str], list[list[str]], list[
         ["epochs trained (all search and repeat runs)", str(b.total_epochs)],
         ["≈ compute time: sum of epoch_seconds over all runs (train + validation epochs, per trial; "
          "concurrent trials add up; evaluation and start-up excluded)", f"{b.epoch_seconds:.1f} s"],
+        ["CPU time: every trial process's CPU seconds, all threads (start-up, epochs, evaluation)"
+         + (f" — recorded by {b.cpu_runs} of {b.trial_runs} runs" if b.cpu_runs < b.trial_runs else ""),
+         f"{b.cpu_seconds:.1f} s" if b.cpu_runs else "– (not recorded by these runs)"],
         ["wall time (parent run start → end)" + (" — still running" if b.still_running else ""),
          f"{b.wall_seconds:.1f} s" if b.wall_seconds is not None else "–"],
     ]

@@ -171,11 +171,25 @@ STATE_FILE = "train_state.pt"  # a trial checkpoint: the trainer's whole state (
 META_FILE = "trial.json"  # ... and which MLflow run and epoch it belongs to
 
 
+class _CpuClock:
+    """The trial's CPU seconds: this process's CPU time since the trial began (all threads), plus
+    what the checkpoint it was restored from had counted. Work lost with a killed worker after
+    its last checkpoint is not counted; the epochs it redoes are."""
+
+    def __init__(self) -> None:
+        self._start = time.process_time()
+        self.before = 0.0  # counted by earlier attempts, up to the checkpoint restored from
+
+    def __call__(self) -> float:
+        return self.before + time.process_time() - self._start
+
+
 class _Checkpoints:
     """Write the trainer's state as a Tune checkpoint that travels with the epoch's report."""
 
-    def __init__(self, run_id: str):
+    def __init__(self, run_id: str, cpu: _CpuClock):
         self.run_id = run_id
+        self.cpu = cpu
         self._pending: str | None = None
 
     def save(self, state: dict[str, Any]) -> None:
@@ -183,7 +197,7 @@ class _Checkpoints:
         folder = tempfile.mkdtemp(prefix="sweep-ckpt-")
         torch.save(state, os.path.join(folder, STATE_FILE))
         with open(os.path.join(folder, META_FILE), "w") as f:
-            json.dump({"mlflow_run_id": self.run_id, "epoch": int(state["epoch"])}, f)
+            json.dump({"mlflow_run_id": self.run_id, "epoch": int(state["epoch"]), T.CPU_SECONDS: self.cpu()}, f)
         self._pending = folder
 
     def take(self) -> tune.Checkpoint | None:
@@ -210,6 +224,7 @@ def _restored_checkpoint() -> tuple[dict[str, Any], dict[str, Any]] | None:
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Train one configuration, reporting every epoch to Tune and to the trial's MLflow run."""
+    cpu = _CpuClock()
     os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(thread_timeout_s(ctx.retry_seconds))
     trial_id = tune.get_context().get_trial_id()
     builtin = ctx.trainer == "mlp"
@@ -246,12 +261,13 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         run_id=restored[1]["mlflow_run_id"] if restored else None, retry=ServerRetry(ctx.retry_seconds),
     )
     if restored:
+        cpu.before = float(restored[1].get(T.CPU_SECONDS, 0.0))
         run.set_tags({T.RESUMED_FROM_EPOCH: restored[1]["epoch"]})
         # epochs the checkpoint holds but the run may lack: buffered when the worker died, or
         # waiting out a tracking-server outage
         run.log_history([EpochMetrics(**m).as_dict() for m in restored[0].get("history", [])])
         logger.info("trial %s resumes run %s after epoch %s", trial_id, run.run_id, restored[1]["epoch"])
-    checkpoints = _Checkpoints(run.run_id) if builtin and ctx.checkpoint_every > 0 else None
+    checkpoints = _Checkpoints(run.run_id, cpu) if builtin and ctx.checkpoint_every > 0 else None
     last_epoch = 0
     stopped_by_tune = False
     ended_itself = False  # within-trial early stopping: a complete run, whatever the scheduler says
@@ -269,7 +285,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             raise FloatingPointError(f"epoch {metrics['epoch']}: {ctx.metric} is {value!r}")
         last_epoch = int(metrics["epoch"])
         ended_itself = bool(metrics.get(EARLY_STOPPED))
-        run.log_epoch({k: v for k, v in metrics.items() if k != "epoch"}, epoch=last_epoch)
+        run.log_epoch({**{k: v for k, v in metrics.items() if k != "epoch"}, T.CPU_SECONDS: cpu()}, epoch=last_epoch)
         try:
             tune.report(dict(metrics), checkpoint=checkpoints.take() if checkpoints else None)
         except SystemExit:  # Tune ends a stopped trial's thread with sys.exit inside report()
@@ -303,9 +319,10 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     except BaseException as e:
         if checkpoints:
             checkpoints.discard()
+        run.log_metrics({}, step=last_epoch, totals={T.CPU_SECONDS: cpu()})
         run.finish(TrialStatus.FAILED, reason=f"{type(e).__name__}: {e}")
         raise
-    run.log_metrics(test, step=last_epoch)
+    run.log_metrics(test, step=last_epoch, totals={T.CPU_SECONDS: cpu()})  # the total: evaluation included
     if stopped_by_tune and last_epoch < planned and not ended_itself:
         run.finish(TrialStatus.STOPPED_EARLY, stopped_epoch=last_epoch)
     else:  # ASHA also "stops" a trial that reached max_t: that trial completed its budget

@@ -48,6 +48,7 @@ class FakeSweep:
     search_statuses: dict[str, list[str]] = field(default_factory=dict)  # variant -> statuses in order
     epochs: int = 0  # total epochs logged over search and repeat runs
     epoch_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # sum of the trial runs' CPU seconds (tags.CPU_SECONDS)
 
 
 def _spec(name: str, variants: Sequence[str | None], task: str, trials: int, seeds: int | None,
@@ -109,8 +110,8 @@ def _final(rng: np.random.Generator, variant: str, task: str, quality: float) ->
 
 
 def _trial(uri: str, tracker: SweepTracker, trial_id: str, params: dict, extra_tags: dict, rng: np.random.Generator,
-           variant: str, task: str, status: TrialStatus, epochs: int, quality: float) -> tuple[int, float]:
-    """One child run as ``sweeps.tune.run_trial`` writes it; returns (epochs logged, epoch seconds)."""
+           variant: str, task: str, status: TrialStatus, epochs: int, quality: float) -> tuple[int, float, float]:
+    """One child run as ``sweeps.tune.run_trial`` writes it; returns (epochs logged, epoch seconds, CPU seconds)."""
     assert tracker.parent_run_id is not None
     run = TrialRun.open(uri, tracker.experiment_id, tracker.parent_run_id, tracker.sweep_name, tracker.sweep_id,
                         trial_id, params, run_name=trial_id, flush_seconds=3600, extra_tags=extra_tags)
@@ -123,13 +124,15 @@ def _trial(uri: str, tracker: SweepTracker, trial_id: str, params: dict, extra_t
         run.log_epoch(row, epoch)
     logged = min(epochs, 1) if status is TrialStatus.FAILED else epochs
     seconds = sum(r["epoch_seconds"] for r in history[:logged])
+    cpu = 1.8 * seconds + 0.5  # two threads' worth of each epoch, and start-up / evaluation
     if status is TrialStatus.FAILED:
+        run.log_metrics({T.CPU_SECONDS: cpu}, step=logged)
         run.finish(status, reason="FloatingPointError: epoch 2: val_loss is nan")
-        return logged, seconds
-    run.log_metrics(final_metrics, step=epochs)
+        return logged, seconds, cpu
+    run.log_metrics({**final_metrics, T.CPU_SECONDS: cpu}, step=epochs)
     run.set_tags({"sweep.diagnosis": verdict, "sweep.beats_baseline": "true"})
     run.finish(status, stopped_epoch=epochs if status is TrialStatus.STOPPED_EARLY else None)
-    return logged, seconds
+    return logged, seconds, cpu
 
 
 def build_fake_sweep(uri: str, artifact_dir: Path, *, variants: Sequence[str | None] = ("none", "dropout"),
@@ -188,10 +191,11 @@ def build_fake_sweep(uri: str, artifact_dir: Path, *, variants: Sequence[str | N
             quality = 0.01 * i  # later trials are a little worse: trial 0 is the best
             epochs = 3 if status is TrialStatus.STOPPED_EARLY else 5
             trial_id = f"{vname[:4]}_{counter:05d}"
-            e, s = _trial(uri, tracker, trial_id, params, {T.STAGE: "search", **vtags}, rng, vname, task,
-                          status, epochs, quality)
+            e, s, c = _trial(uri, tracker, trial_id, params, {T.STAGE: "search", **vtags}, rng, vname, task,
+                             status, epochs, quality)
             out.epochs += e
             out.epoch_seconds += s
+            out.cpu_seconds += c
             statuses.append(status.value)
             if status is TrialStatus.COMPLETED and (best is None or quality < best[0]):  # quality: lower is better
                 best = (quality, trial_id, params)
@@ -203,10 +207,11 @@ def build_fake_sweep(uri: str, artifact_dir: Path, *, variants: Sequence[str | N
         for seed_value in range(1000, 1000 + seeds):
             counter += 1
             extra = {T.STAGE: "repeat", T.CONFIG_ID: "rank1", T.SEED: str(seed_value), T.SOURCE_TRIAL: best[1], **vtags}
-            e, s = _trial(uri, tracker, f"{vname[:4]}_{counter:05d}", {**best[2], "seed": seed_value}, extra, rng,
-                          vname, task, TrialStatus.COMPLETED, 5, 0.0)
+            e, s, c = _trial(uri, tracker, f"{vname[:4]}_{counter:05d}", {**best[2], "seed": seed_value}, extra,
+                             rng, vname, task, TrialStatus.COMPLETED, 5, 0.0)
             out.epochs += e
             out.epoch_seconds += s
+            out.cpu_seconds += c
         runs = [r for r in tracker.child_runs() if r.data.tags.get(T.STAGE) == "repeat"
                 and r.data.tags.get(T.VARIANT) == variant]
         keys = sorted({k for r in runs for k in r.data.metrics if k.split("_")[0] in ("train", "val", "test")})

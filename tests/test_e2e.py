@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,14 @@ def test_every_trial_is_a_nested_child_run_with_curves_and_test_metrics(builtin_
         steps = [m.step for m in history]
         expected_last = 6 if t[tags.TRIAL_STATUS] == "completed" else int(t[tags.STOPPED_EPOCH])
         assert steps == list(range(1, expected_last + 1))  # one value per epoch, step = epoch
+        # the trial's CPU seconds: with every epoch, then once more with the evaluation; never decreasing,
+        # and no more than the run's wall time on every CPU (the clock starts a little before the run)
+        cpu = client.get_metric_history(run.info.run_id, tags.CPU_SECONDS)
+        assert [m.step for m in cpu] == [*steps, expected_last]
+        values = [m.value for m in sorted(cpu, key=lambda m: (m.step, m.timestamp, m.value))]
+        assert 0 < values[0] and values == sorted(values)
+        assert run.data.metrics[tags.CPU_SECONDS] == values[-1]
+        assert values[-1] <= (run.info.end_time - run.info.start_time) / 1000 * os.cpu_count() + 10
         for key in ("train_loss", "train_accuracy", "val_accuracy", "test_loss", "test_accuracy",
                     "test_f1_macro", "val_mcc", "test_roc_auc_ovr_macro", "diag_variance", "diag_train_error"):
             assert key in run.data.metrics, (key, run.data.metrics)
@@ -143,6 +153,7 @@ def test_user_trainer_failures_are_recorded_with_reasons(ray_session, tmp_path: 
     for mode, run in runs.items():
         assert run.info.status == "FAILED", mode
         assert run.data.tags[tags.TRIAL_STATUS] == "failed", mode
+        assert run.data.metrics[tags.CPU_SECONDS] > 0, mode  # a failed trial's CPU time counts too
     assert "val_accuracy is nan" in reasons["nan"]
     assert "out of memory (scripted)" in reasons["raise"]
     assert "metric.name='val_accuracy'" in reasons["misspelled"]

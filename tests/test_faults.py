@@ -101,6 +101,11 @@ def test_killed_worker_resumes_into_the_same_run(ray_session, tmp_path: Path) ->
         steps = [m.step for m in client.get_metric_history(run_id, key)]
         assert sorted(steps) == list(range(1, EPOCHS + 1)), f"{key}: {sorted(steps)}"
     assert "test_accuracy" in run.data.metrics
+    # the restarted attempt's CPU seconds go on from its checkpoint's count: every value it alone logged
+    # (after the epoch the first attempt was killed at) exceeds the first attempt's count up to the checkpoint
+    cpu = client.get_metric_history(run_id, tags.CPU_SECONDS)
+    first = max(m.value for m in cpu if m.step <= resumed_from)
+    assert min(m.value for m in cpu if m.step > steps_at_kill) > first
 
     # the resumed trial is the uninterrupted one: same curve as a fresh run of its configuration
     other = next(c for c in children if c.info.run_id != run_id)

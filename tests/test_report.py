@@ -96,6 +96,16 @@ def test_budget_bias_variance_and_verdicts(study: FakeSweep, report: R.Report) -
     assert b.summary_runs == 2 and b.planned_trials == 6
     assert b.total_epochs == study.epochs
     assert b.epoch_seconds == pytest.approx(study.epoch_seconds)
+    assert (b.cpu_seconds, b.cpu_runs, b.trial_runs) == (pytest.approx(study.cpu_seconds), 12, 12)
+    rows = dict(R._tables(report)["budget"][1])
+    cpu_row = next(k for k in rows if k.startswith("CPU time"))
+    assert rows[cpu_row] == f"{study.cpu_seconds:.1f} s" and "recorded by" not in cpu_row  # every run has it
+    older = dataclasses.replace(report, budget=dataclasses.replace(b, cpu_seconds=40.0, cpu_runs=5))
+    assert rows != (partial := dict(R._tables(older)["budget"][1]))
+    assert partial["CPU time: every trial process's CPU seconds, all threads (start-up, epochs, evaluation)"
+                   " — recorded by 5 of 12 runs"] == "40.0 s"
+    none = dataclasses.replace(report, budget=dataclasses.replace(b, cpu_seconds=0.0, cpu_runs=0))
+    assert "– (not recorded by these runs)" in dict(R._tables(none)["budget"][1]).values()
     parent = study.client.get_run(study.parent_run_id).info
     assert b.wall_seconds == pytest.approx((parent.end_time - parent.start_time) / 1000)
     runs = study.client.search_runs([study.experiment_id], "tags.`sweep.stage` = 'repeat'")
@@ -291,7 +301,7 @@ def test_html_renders_in_headless_chromium(written: tuple[Path, Path], report: R
         assert img["ok"] and img["w"] > 0 and img["h"] > 0, img
         assert img["src"] == "data:image/png;base64,"  # self-contained
     assert rows["results"] == rows["bias-variance"] == len(report.variants) == 2
-    assert rows["budget"] == len(report.budget.search_by_status) + 6
+    assert rows["budget"] == len(report.budget.search_by_status) + 7
     assert first_row.startswith("none (baseline)")
     assert findings == len(report.findings)
     assert "baseline_variant: none" in spec

@@ -75,6 +75,23 @@ def test_zero_flush_interval_sends_every_epoch(sweep: SweepTracker) -> None:
     sweep.finish("completed")
 
 
+def test_a_running_total_is_sent_again_at_a_step_the_run_holds(sweep: SweepTracker) -> None:
+    first = _open(sweep, "t1", flush_seconds=0.0)
+    first.log_epoch({"val_loss": 0.5, tags.CPU_SECONDS: 1.0}, epoch=1)
+    first.log_epoch({"val_loss": 0.4, tags.CPU_SECONDS: 2.0}, epoch=2)
+    first.finish(TrialStatus.FAILED, reason="worker died")
+    again = _open(sweep, "t1")  # a resumed trial: epoch 2 is in the run already
+    again.log_metrics({"val_loss": 0.45, "test_loss": 0.6}, step=2, totals={tags.CPU_SECONDS: 3.5})
+    again.finish(TrialStatus.COMPLETED)
+    history = sweep.client.get_metric_history(again.run_id, "val_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.4)]  # an epoch keeps one value
+    cpu = sweep.client.get_metric_history(again.run_id, tags.CPU_SECONDS)
+    assert sorted((m.step, m.value) for m in cpu) == [(1, 1.0), (2, 2.0), (2, 3.5)]
+    got = sweep.client.get_run(again.run_id).data.metrics
+    assert got[tags.CPU_SECONDS] == 3.5 and got["test_loss"] == 0.6  # the newer total is the latest value
+    sweep.finish("completed")
+
+
 def test_failed_trial_has_reason_and_failed_status(sweep: SweepTracker) -> None:
     run = _open(sweep, "t1")
     run.finish(TrialStatus.FAILED, reason="TrainingDiverged: loss is nan")

@@ -225,9 +225,15 @@ class TrialRun:
                                            int(time.time() * 1000)))
         self.flush()
 
-    def log_metrics(self, metrics: Mapping[str, Any], step: int = 0) -> None:
-        """Log metrics now (e.g. the final test metrics)."""
-        self._pending.extend(self._new(metrics, step, int(time.time() * 1000)))
+    def log_metrics(self, metrics: Mapping[str, Any], step: int = 0, totals: Mapping[str, Any] | None = None) -> None:
+        """Log metrics now (e.g. the final test metrics).
+
+        ``totals`` are running totals (the trial's CPU seconds): their newer value is sent even at
+        a step the run already holds, and becomes the metric's latest value in MLflow.
+        """
+        now_ms = int(time.time() * 1000)
+        self._pending.extend(self._new(metrics, step, now_ms))
+        self._pending.extend(Metric(k, v, now_ms, step) for k, v in _finite(totals or {}).items())
         self.flush()
 
     def _send_pending(self) -> None:

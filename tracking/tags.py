@@ -27,6 +27,11 @@ METRIC = "sweep.metric"  # on the parent: the metric and goal searched
 RESUMES = "sweep.resumes"  # on the parent: how many times `sweep resume` continued this execution
 SWEEP_STATUS = "sweep.status"  # on the parent: completed | interrupted | failed
 
+# a metric the sweep itself logs on every trial run (the trainer's metrics are its own): the trial
+# process's CPU seconds so far (all its threads: start-up, epochs and, at the end, evaluation),
+# logged with each epoch and once more when the trial ends
+CPU_SECONDS = "trial_cpu_seconds"
+
 PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own nesting tag
 RUN_NAME = "mlflow.runName"
 NOTE = "mlflow.note.content"
