@@ -51,7 +51,7 @@ from tracking import SweepTracker, TrialRun, TrialStatus, resolve_tracking_uri
 from tracking import tags as T
 from tracking.outage import ServerRetry
 from tracking.artifacts import log_files, trial_artifacts
-from trainer import DataConfig, Dataset, MLPConfig, StopTraining, load_dataset, train
+from trainer import DataConfig, Dataset, MLPConfig, StopTraining, flush_denormals, load_dataset, train
 from trainer.crossval import fold_datasets, train_cv
 from trainer.diagnosis import DiagnosisThresholds
 from trainer.evaluation import evaluate_trial, val_metric
@@ -225,6 +225,7 @@ def _restored_checkpoint() -> tuple[dict[str, Any], dict[str, Any]] | None:
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Train one configuration, reporting every epoch to Tune and to the trial's MLflow run."""
     cpu = _CpuClock()
+    flush_denormals()  # before this thread loads data: the OpenMP workers it starts inherit it
     os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(thread_timeout_s(ctx.retry_seconds))
     trial_id = tune.get_context().get_trial_id()
     builtin = ctx.trainer == "mlp"

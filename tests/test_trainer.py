@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import math
 import struct
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +73,35 @@ def test_report_can_stop_training_and_test_metrics_still_come(digits: Dataset) -
     assert seen == [1, 2]
     assert result.stopped_epoch == 2 and not result.completed
     assert set(result.test) == {"test_loss", "test_accuracy"}
+
+
+def _subnormals_left(threads: int) -> int:
+    """How many of 2^22 float32 subnormals survive ``x * 1.0`` on this thread's ``threads`` workers."""
+    torch.set_num_threads(threads)
+    return int((torch.full((1 << 22,), 1e-39) * 1.0 != 0).sum())
+
+
+def test_training_flushes_subnormals_on_its_thread_and_its_workers(digits: Dataset) -> None:
+    # each check runs in a new thread, as Tune runs a trial: a thread's OpenMP workers take its
+    # floating-point mode when its first parallel region starts them
+    def in_thread(fn: Callable[[], int]) -> int:
+        out: list[int] = []
+        t = threading.Thread(target=lambda: out.append(fn()))
+        t.start()
+        t.join()
+        return out[0]
+
+    def ieee() -> int:  # the default mode: the check can see subnormals
+        torch.set_flush_denormal(False)
+        return _subnormals_left(2)
+
+    def trained() -> int:
+        torch.set_flush_denormal(False)
+        train(MLPConfig(epochs=1, hidden_size=8), digits, threads=2)
+        return _subnormals_left(2)
+
+    assert in_thread(ieee) == 1 << 22
+    assert in_thread(trained) == 0  # flushed on the thread and on both of its workers
 
 
 def test_divergence_raises() -> None:

@@ -15,6 +15,7 @@ from trainer.loop import (
     drive,
     epoch_metric_names,
     evaluate,
+    flush_denormals,
     train,
     train_epochs,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "embed",
     "epoch_metric_names",
     "evaluate",
+    "flush_denormals",
     "fold_datasets",
     "load_dataset",
     "logits",

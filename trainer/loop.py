@@ -92,6 +92,29 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+def flush_denormals() -> bool:
+    """Treat subnormal floats (float32 below 2^-126 ~ 1.2e-38) as zero on the calling thread.
+
+    x86's FTZ/DAZ bits (``torch.set_flush_denormal``). Arithmetic on subnormal values runs many
+    times slower on the CPU, and training makes them: a weight that only an L2 penalty pulls
+    (a dead ReLU unit's), or an Adam moment decaying from a zero gradient, shrinks geometrically
+    through the subnormal range. In the Fashion-MNIST study's l2 variant (784-1024-1024-10,
+    AdamW), 5 % of the second layer's weights were subnormal by epoch 24 and an epoch took 16.5 s
+    instead of 3.2 s; flushed, a step of that state took 8.7 ms instead of 41.7 ms (2 threads).
+    Values that small change no float32 result that matters: the sums they join are ~1e31 times larger.
+
+    The setting belongs to the thread, stays set, and is inherited by the threads it starts
+    afterwards, the OpenMP workers of its first parallel region among them; workers started
+    before it keep their own. :func:`train` calls it first, and a sweep's trial thread calls it
+    before it loads any data. Returns False where the CPU has no such mode.
+
+    Example:
+        >>> flush_denormals() and float(torch.full((1,), 1e-39) * 1.0) == 0.0
+        True
+    """
+    return torch.set_flush_denormal(True)
+
+
 @dataclass(frozen=True, kw_only=True)
 class EpochMetrics:
     """What one epoch measured. ``epoch`` counts from 1.
@@ -520,6 +543,7 @@ def _epochs(
     device: str | torch.device | None,
     checkpoint_finished: bool,
 ) -> Epochs[TrainResult]:
+    flush_denormals()  # before this thread's first parallel region: its OpenMP workers inherit it
     torch.set_num_threads(threads or default_threads())
     torch.manual_seed(config.seed)  # weight init (dropout layers own their mask generators)
     order = torch.Generator().manual_seed(config.seed)  # data order
