@@ -13,6 +13,9 @@
 #                         state and the log, packed into state/ beside this script, to commit
 #   run.sh restore        a new machine: the study folder back from state/, src/ from its commit
 #
+# The study completed in session 9 (2026-12-05); state/ left the tree then (its snapshots stay in
+# git history) and final/ holds the end state: MLflow's store and the parent run's artifacts.
+#
 # MLflow's artifact URIs and Tune's experiment state hold absolute paths: restore to the same
 # STUDY_DIR. Only the checkpoint each unfinished trial would restore from is kept (a finished
 # trial's is never read again; each is ~22 MB), so an interrupted trial continues where it stopped.
