@@ -25,8 +25,6 @@ import base64
 import html
 import logging
 import math
-import os
-import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -44,6 +42,7 @@ from sweeps.resume import VARIANTS_ADDED_TAG
 from sweeps.stats import Comparison, holm, summarize, welch
 from tracking import client_for, resolve_tracking_uri
 from tracking import tags as T
+from tracking.artifacts import read_text_artifact
 from tracking.plots import _colors, _figure, _render
 
 logger = logging.getLogger(__name__)
@@ -52,7 +51,6 @@ DIAGNOSIS_TAG = "sweep.diagnosis"
 MAIN = "main"  # the variant name of a sweep without variants
 ALPHA = 0.05  # significance level of the findings
 MIN_SEEDS = 5  # fewer seeds than this draws a caution
-PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 DIAG_KEYS = ("diag_train_error", "diag_val_error", "diag_variance")
 
 
@@ -204,23 +202,6 @@ def find_parent(client: MlflowClient, sweep: str | None = None, experiment: str 
     return found[0]
 
 
-def _read_artifact(client: MlflowClient, run_id: str, path: str) -> str | None:
-    previous = os.environ.get(PROGRESS_BAR_ENV)
-    os.environ[PROGRESS_BAR_ENV] = "false"  # no tqdm bar on stderr for one small file
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            local = client.download_artifacts(run_id, path, tmp)
-            return Path(local).read_text()
-    except Exception as e:  # noqa: BLE001 - a missing artifact is reported as a note
-        logger.info("run %s has no artifact %s (%s)", run_id, path, e)
-        return None
-    finally:
-        if previous is None:
-            os.environ.pop(PROGRESS_BAR_ENV, None)
-        else:
-            os.environ[PROGRESS_BAR_ENV] = previous
-
-
 class _Histories:
     """Per-run metric histories, each fetched at most once."""
 
@@ -339,7 +320,7 @@ class _Builder:
                                             f"tags.`{T.SWEEP_ID}` = '{self.sweep_id}'")
                      if r.info.run_id != parent.info.run_id]
         self.hist = _Histories(client)
-        self.spec_yaml = _read_artifact(client, parent.info.run_id, "spec.resolved.yaml") or ""
+        self.spec_yaml = read_text_artifact(client, parent.info.run_id, "spec.resolved.yaml") or ""
         if not self.spec_yaml:
             self.notes.append("The parent run has no spec.resolved.yaml artifact: the spec is not shown "
                               "and hyperparameter importance cannot be computed.")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from mlflow.entities import Run
 from sweeps.spec import SweepSpec
 from tracking import client_for
 from tracking import tags as T
+from tracking.artifacts import read_text_artifact
 
 logger = logging.getLogger(__name__)
 
@@ -148,15 +148,6 @@ def _parents(client: MlflowClient, name: str) -> list[Run]:
     )
 
 
-def _artifact_text(client: MlflowClient, run_id: str, path: str) -> str | None:
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            local = client.download_artifacts(run_id, path, folder)
-        except Exception:  # noqa: BLE001 - a missing artifact reads as None
-            return None
-        return Path(local).read_text(encoding="utf-8")
-
-
 def find_resumable(uri: str, name: str, new_spec: SweepSpec | None = None, new_source: str | None = None,
                    results_dir: str | None = None) -> ResumeTarget:
     """The newest execution of sweep ``name`` in ``uri``, checked for resuming.
@@ -177,7 +168,7 @@ def find_resumable(uri: str, name: str, new_spec: SweepSpec | None = None, new_s
     if parent.info.status == "RUNNING" and _driver_alive(t.get(DRIVER_TAG)):
         raise ResumeError(f"sweep {name!r} (id {sweep_id}) is still running: its driver {t[DRIVER_TAG]} is alive; "
                           f"stop it first (Ctrl-C, or `sweep stop` for a job)")
-    text = _artifact_text(client, parent.info.run_id, SPEC_ARTIFACT)
+    text = read_text_artifact(client, parent.info.run_id, SPEC_ARTIFACT)
     if text is None:
         raise ResumeError(f"sweep {name!r} (id {sweep_id}): its parent run has no {SPEC_ARTIFACT}, "
                           "so the search it ran is unknown; it cannot be resumed")
@@ -210,7 +201,7 @@ def find_resumable(uri: str, name: str, new_spec: SweepSpec | None = None, new_s
     if not folder or not _exists(folder):
         raise ResumeError(f"sweep {name!r} (id {sweep_id}): Tune's state is not at {folder!r} "
                           "(results folder moved or deleted?); pass --results-dir")
-    source = new_source if new_source is not None else _artifact_text(client, parent.info.run_id, SOURCE_ARTIFACT)
+    source = new_source if new_source is not None else read_text_artifact(client, parent.info.run_id, SOURCE_ARTIFACT)
     logger.info("resuming sweep %s (id %s, parent run %s, status %s)", name, sweep_id, parent.info.run_id, status)
     return ResumeTarget(sweep_id, parent.info.run_id, folder, spec, source, added)
 

@@ -17,11 +17,13 @@ Failed trials are told as FAIL, whatever they reported before failing.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
 import math
 import os
 import platform
+import re
 import secrets
 import shutil
 import tempfile
@@ -38,6 +40,7 @@ import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.trainable import wrap_function
 
 from sweeps.progress import LoggingProgress, ProgressSink, SweepSnapshot
 from sweeps.resume import (
@@ -220,6 +223,83 @@ def _restored_checkpoint() -> tuple[dict[str, Any], dict[str, Any]] | None:
         meta = json.loads(Path(folder, META_FILE).read_text())
         state = torch.load(Path(folder, STATE_FILE), weights_only=True)
     return state, meta
+
+
+_CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)")  # Tune's name for a trial's n-th checkpoint folder
+
+
+def _intact_checkpoint(fs: Any, path: str) -> bool:
+    """Whether the checkpoint folder ``path`` holds a whole trainer state and its metadata."""
+    try:
+        with fs.open_input_stream(f"{path}/{META_FILE}") as f:
+            json.loads(f.readall())
+        with fs.open_input_stream(f"{path}/{STATE_FILE}") as f:
+            torch.load(io.BytesIO(f.readall()), weights_only=True)
+    except Exception:  # missing, truncated by a kill mid-upload, unreadable: not a state to resume from
+        return False
+    return True
+
+
+def replace_missing_checkpoint(fs: Any, path: str) -> str | None:
+    """Put the trial's newest intact later checkpoint at ``path`` when ``path`` is gone.
+
+    Tune deletes a trial's older checkpoint (``num_to_keep=1``) as soon as a newer one is
+    registered, but writes the experiment state that names the newer one later, in the
+    background. A driver killed in between leaves a saved state naming a deleted checkpoint,
+    and Tune 2.60 then fails that trial on resume ("Could not recover from checkpoint as it does
+    not exist on storage anymore"), retries included. The newer checkpoint is still in the
+    trial's folder; moved to the named path, the trial resumes from it (its metadata says which
+    epoch it holds, so the MLflow run continues at the right step). Later checkpoints cut short
+    by the kill are skipped. Returns the path moved from, or None when nothing was needed or
+    possible (Tune's own error then stands).
+
+    >>> import tempfile, pyarrow.fs
+    >>> root = tempfile.mkdtemp()
+    >>> replace_missing_checkpoint(pyarrow.fs.LocalFileSystem(), f"{root}/checkpoint_000003") is None
+    True
+    """
+    from pyarrow import fs as pafs
+
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        return None
+    parent, _, name = path.rstrip("/").rpartition("/")
+    named = _CHECKPOINT_DIR.fullmatch(name)
+    if named is None:
+        return None
+    later = []
+    for info in fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
+        match = _CHECKPOINT_DIR.fullmatch(info.base_name)
+        if info.type == pafs.FileType.Directory and match and int(match.group(1)) > int(named.group(1)):
+            later.append((int(match.group(1)), info.path))
+    for _, candidate in sorted(later, reverse=True):
+        if not _intact_checkpoint(fs, candidate):
+            continue
+        try:
+            fs.move(candidate, path)  # a rename where the file system has one
+        except (OSError, NotImplementedError):  # S3 moves files only
+            pafs.copy_files(candidate, path, source_filesystem=fs, destination_filesystem=fs)
+            fs.delete_dir(candidate)
+        logger.warning("checkpoint %s named by the saved sweep state is gone (the driver stopped while "
+                       "Tune replaced it); resuming from the newer %s", path, candidate)
+        return candidate
+    return None
+
+
+def trainable_for(ctx: TrialContext) -> type:
+    """The Tune trainable: ``run_trial`` with ``ctx``, restoring past a checkpoint Tune's state lost.
+
+    See ``replace_missing_checkpoint``: the check runs on the worker, before Tune's own restore.
+    """
+    base = wrap_function(tune.with_parameters(run_trial, ctx=ctx))
+
+    class RunTrial(base):  # type: ignore[misc, valid-type]
+        def restore(self, checkpoint_path: Any) -> None:
+            checkpoint = getattr(checkpoint_path, "checkpoint", None)  # Tune's _TrainingResult
+            if checkpoint is not None and checkpoint.filesystem is not None:
+                replace_missing_checkpoint(checkpoint.filesystem, checkpoint.path)
+            return super().restore(checkpoint_path)
+
+    return RunTrial
 
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -808,7 +888,7 @@ def _fit(spec: SweepSpec, ctx: TrialContext, callback: _SweepCallback, storage: 
          tune_config: tune.TuneConfig, param_space: dict[str, Any] | None = None, restore: bool = False) -> None:
     """Run one stage as the Tune experiment ``name`` in ``storage``; with ``restore``, continue it if it exists."""
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, ctx=ctx),
+        trainable_for(ctx),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
     path = storage.experiment(name)

@@ -3,6 +3,7 @@ the same MLflow run, with exactly one value per epoch."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -190,6 +191,42 @@ def _sweep(args: list[str], cwd: Path, env: dict[str, str], **kw) -> subprocess.
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+def _saved_checkpoints(results: Path) -> dict[str, str]:
+    """Trial id -> the checkpoint Tune's newest saved experiment state names, for trials it has not
+    finished: what a resume restores them from. Read with Tune's own loader (internal API)."""
+    from ray.tune.experiment.trial import Trial
+
+    states = sorted(results.glob("*/experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        trial_data = json.loads(states[-1].read_text())["trial_data"]
+    except (OSError, ValueError):  # being rewritten right now
+        return {}
+    named = {}
+    for state, run_metadata in trial_data:
+        trial = Trial.from_json_state(state, stub=True)
+        trial.restore_run_metadata(run_metadata)
+        if trial.status != Trial.TERMINATED and trial.latest_checkpoint_result is not None:
+            named[trial.trial_id] = trial.latest_checkpoint_result.checkpoint.path
+    return named
+
+
+def _lose_saved_checkpoint(path: str) -> int:
+    """Recreate the race of a driver killed after Tune replaced a trial's checkpoint but before it
+    saved the state naming the new one: the named checkpoint is gone, a later one is in its trial's
+    folder. The epoch that later checkpoint holds."""
+    named = Path(path)
+    folders = sorted(named.parent.glob("checkpoint_*"))
+    assert folders, f"no checkpoint in {named.parent}"
+    if named.exists():  # the usual case: move it to the next index, as if Tune had saved a newer one
+        later = named.parent / f"checkpoint_{int(folders[-1].name.split('_')[1]) + 1:06d}"
+        named.rename(later)
+    else:  # the race itself happened
+        later = folders[-1]
+    return int(json.loads((later / "trial.json").read_text())["epoch"])
+
+
 def test_killed_driver_then_sweep_resume(tmp_path: Path) -> None:
     db = tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
@@ -200,7 +237,7 @@ def test_killed_driver_then_sweep_resume(tmp_path: Path) -> None:
     driver = _sweep(["run", "sweep.yaml"], tmp_path, env, start_new_session=True)
     client = MlflowClient(uri)
     deadline = time.monotonic() + 240
-    ended = 0
+    ended, saved = 0, {}
     try:
         while time.monotonic() < deadline and driver.poll() is None:
             exp = client.get_experiment_by_name("resumable") if db.exists() else None
@@ -208,13 +245,19 @@ def test_killed_driver_then_sweep_resume(tmp_path: Path) -> None:
                 runs = client.search_runs([exp.experiment_id], f"tags.`{tags.ROLE}` = 'trial'")
                 ended = sum(r.info.status != "RUNNING" for r in runs)
                 if ended >= 2 and any(r.info.status == "RUNNING" for r in runs):
-                    break
-            time.sleep(0.2)
+                    saved = _saved_checkpoints(tmp_path / "sweep_results")
+                    if saved:  # a resume will restore an unfinished trial from a checkpoint
+                        break
+            time.sleep(0.1)
     finally:
         _kill_session(driver.pid)
     output = driver.communicate()[0]
     assert driver.returncode == -signal.SIGKILL, f"the sweep ended before it could be killed:\n{output[-3000:]}"
     assert 2 <= ended < 6
+    saved = _saved_checkpoints(tmp_path / "sweep_results")  # as the kill left it
+    assert saved, "no unfinished trial with a checkpoint in the saved state"
+    lost_trial = sorted(saved)[0]
+    lost_epoch = _lose_saved_checkpoint(saved[lost_trial])
 
     # a changed search is refused before anything starts
     (tmp_path / "changed.yaml").write_text(RESUMABLE_SWEEP.replace("max: 0.05", "max: 0.5"))
@@ -227,6 +270,7 @@ def test_killed_driver_then_sweep_resume(tmp_path: Path) -> None:
     out = resumed.communicate(timeout=400)[0]
     assert resumed.returncode == 0, out[-4000:]
     assert "resuming sweep 'resumable'" in out
+    assert "Downloading artifacts" not in out, "no MLflow progress bars for reading the saved spec"
 
     exp = client.get_experiment_by_name("resumable")
     parents = client.search_runs([exp.experiment_id], f"tags.`{tags.ROLE}` = 'parent'")
@@ -236,8 +280,13 @@ def test_killed_driver_then_sweep_resume(tmp_path: Path) -> None:
     children = client.search_runs([exp.experiment_id], f"tags.`{tags.ROLE}` = 'trial'")
     trial_ids = [c.data.tags[tags.TRIAL_ID] for c in children]
     assert len(children) == 6 and len(set(trial_ids)) == 6, "exactly `trials` child runs, none duplicated"
-    assert {c.info.status for c in children} == {"FINISHED"}
-    assert {c.data.tags[tags.TRIAL_STATUS] for c in children} <= {"completed", "stopped_early"}
+    states = {c.data.tags[tags.TRIAL_ID]: (c.info.status, c.data.tags.get(tags.TRIAL_STATUS),
+                                           c.data.tags.get(tags.FAILURE_REASON)) for c in children}
+    assert {c.info.status for c in children} == {"FINISHED"}, (states, out[-4000:])
+    assert {c.data.tags[tags.TRIAL_STATUS] for c in children} <= {"completed", "stopped_early"}, states
+    # the trial whose saved checkpoint was gone went on from the later one, in the same run
+    (lost,) = [c for c in children if c.data.tags[tags.TRIAL_ID] == lost_trial]
+    assert int(lost.data.tags[tags.RESUMED_FROM_EPOCH]) == lost_epoch
     for c in children:
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")]
         assert sorted(steps) == list(range(1, len(steps) + 1)), (c.data.tags[tags.TRIAL_ID], sorted(steps))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,31 @@ from mlflow import MlflowClient
 
 from tracking import plots
 
+logger = logging.getLogger(__name__)
+
 PLOTS_DIR = "plots"  # artifact folder of a trial's PNGs and JSON reports
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+def read_text_artifact(client: MlflowClient, run_id: str, path: str) -> str | None:
+    """The text of one small artifact of a run, or None when the run has no such artifact.
+
+    MLflow's download progress bar is off for the call: it would print two bars on stderr
+    for a file of a few kilobytes (``sweep resume`` and ``sweep report`` read specs this way).
+    """
+    previous = os.environ.get(PROGRESS_BAR_ENV)
+    os.environ[PROGRESS_BAR_ENV] = "false"
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            return Path(client.download_artifacts(run_id, path, folder)).read_text(encoding="utf-8")
+    except Exception as e:  # noqa: BLE001 - a missing artifact reads as None
+        logger.info("run %s has no artifact %s (%s)", run_id, path, e)
+        return None
+    finally:
+        if previous is None:
+            os.environ.pop(PROGRESS_BAR_ENV, None)
+        else:
+            os.environ[PROGRESS_BAR_ENV] = previous
 
 
 def trial_artifacts(evaluation: Any, *, early_stop_epoch: int | None = None, stopped_epoch: int | None = None,
