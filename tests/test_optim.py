@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -250,3 +251,81 @@ def test_batch_size_grows_and_is_capped() -> None:
 def test_inconsistent_schedules_are_refused(update: dict, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         MLPConfig(**update)
+
+
+# ---- the cached fused Adam step is PyTorch's step, bit for bit ------------------------------------
+def _pair(optimizer: str, **kw) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer,
+                                          list[torch.nn.Parameter], torch.optim.Optimizer]:
+    from trainer.optim import FusedAdam, FusedAdamW
+
+    torch.manual_seed(0)
+    shapes = [(5, 3), (5,), (2, 5), (2,)]
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+
+    def groups(ps: list[torch.nn.Parameter]) -> list[dict]:
+        return [{"params": ps[::2], "weight_decay": 0.03}, {"params": ps[1::2], "weight_decay": 0.0}]
+
+    lean, plain = (FusedAdam, torch.optim.Adam) if optimizer == "adam" else (FusedAdamW, torch.optim.AdamW)
+    return (ours, lean(groups(ours), lr=0.01, fused=True, **kw),
+            theirs, plain(groups(theirs), lr=0.01, fused=True, **kw))
+
+
+def _steps(params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, grads: list[list[torch.Tensor]],
+           lrs: list[float]) -> None:
+    for gs, lr in zip(grads, lrs):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        for p, g in zip(params, gs):
+            p.grad = None if g is None else g.clone()
+        opt.step()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_the_cached_fused_step_is_pytorchs_bit_for_bit(optimizer: str) -> None:
+    ours, lean, theirs, plain = _pair(optimizer, betas=(0.8, 0.95), eps=1e-6)
+    gen = torch.Generator().manual_seed(1)
+    grads = [[torch.randn(p.shape, generator=gen) for p in ours] for _ in range(12)]
+    grads[5][1] = None  # a parameter without a gradient this step: PyTorch's own path, then cached again
+    lrs = [0.01, 0.01, 0.02, 0.005] * 3  # a schedule changes the group's lr between steps
+    _steps(ours, lean, grads[:6], lrs[:6])
+    _steps(theirs, plain, grads[:6], lrs[:6])
+    assert lean._cached is not None, "the fast path is taken"
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+
+    # a checkpoint of ours loads into PyTorch's optimizer and back, and both go on identically
+    restored_params = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    _, fresh, _, _ = _pair(optimizer, betas=(0.8, 0.95), eps=1e-6)
+    fresh = type(fresh)([{"params": restored_params[::2], "weight_decay": 0.03},
+                         {"params": restored_params[1::2], "weight_decay": 0.0}], lr=0.01, fused=True,
+                        betas=(0.8, 0.95), eps=1e-6)
+    fresh.load_state_dict(copy.deepcopy(lean.state_dict()))  # as a saved checkpoint: not the live tensors
+    assert fresh._cached is None
+    _steps(ours, lean, grads[6:], lrs[6:])
+    _steps(theirs, plain, grads[6:], lrs[6:])
+    _steps(restored_params, fresh, grads[6:], lrs[6:])
+    for a, b, c in zip(ours, theirs, restored_params):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    for i, (p, q) in enumerate(zip(ours, theirs)):
+        assert torch.equal(lean.state[p]["exp_avg_sq"], plain.state[q]["exp_avg_sq"])
+        assert lean.state[p]["step"] == plain.state[q]["step"] == (11 if i == 1 else 12)  # 1 skipped a step
+
+
+def test_amsgrad_and_closures_take_pytorchs_own_step() -> None:
+    ours, lean, theirs, plain = _pair("adam", amsgrad=True)
+    grads = [[torch.full(p.shape, 0.5) for p in ours] for _ in range(3)]
+    _steps(ours, lean, grads, [0.01] * 3)
+    _steps(theirs, plain, grads, [0.01] * 3)
+    assert lean._cached is None
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    loss = lean.step(lambda: torch.tensor(1.5))
+    assert loss == 1.5
+
+
+def test_build_optimizer_uses_the_cached_step_for_adam_on_cpu() -> None:
+    from trainer.optim import FusedAdam, FusedAdamW
+
+    w = torch.nn.Parameter(torch.ones(2))
+    assert type(build_optimizer(MLPConfig(optimizer="adam"), [w])) is FusedAdam
+    assert type(build_optimizer(MLPConfig(optimizer="adamw", weight_decay=0.01), [w])) is FusedAdamW
