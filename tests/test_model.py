@@ -10,7 +10,7 @@ import torch
 from tests.helpers import tiny
 from trainer import MLPConfig, embed, logits, predict, train
 from trainer.losses import per_sample_loss
-from trainer.model import Residual, build_mlp, output_bias_prior
+from trainer.model import BatchNorm, Residual, build_mlp, output_bias_prior
 
 
 def test_course_worked_example_2_2_1() -> None:
@@ -111,6 +111,42 @@ def test_residual_connections_between_equal_widths() -> None:
 def test_norm_sits_between_linear_and_activation(norm: str, cls: type) -> None:
     model = build_mlp(MLPConfig(hidden_sizes=(4,), norm=norm), 3, 2)
     assert isinstance(model[0], torch.nn.Linear) and isinstance(model[1], cls) and isinstance(model[2], torch.nn.ReLU)
+
+
+def test_only_a_linear_layer_followed_by_batch_norm_drops_its_bias() -> None:
+    bn = build_mlp(MLPConfig(hidden_sizes=(4, 3), norm="batchnorm"), 3, 2)
+    assert [m.bias is None for m in bn if isinstance(m, torch.nn.Linear)] == [True, True, False]
+    ln = build_mlp(MLPConfig(hidden_sizes=(4, 3), norm="layernorm"), 3, 2)
+    assert all(m.bias is not None for m in ln if isinstance(m, torch.nn.Linear))
+    # the bias it would have had changes nothing: batch norm subtracts the batch mean of each unit
+    torch.manual_seed(0)
+    h, b = torch.randn(8, 4), torch.randn(4)
+    norm = BatchNorm(4)
+    assert torch.allclose(norm(h + b), norm(h), atol=1e-6)
+
+
+def test_batch_norm_is_pytorchs_in_training_and_evaluation() -> None:
+    torch.manual_seed(0)
+    ours, theirs = BatchNorm(5, momentum=0.3), torch.nn.BatchNorm1d(5, momentum=0.3)
+    with torch.no_grad():
+        for m in (ours, theirs):
+            m.weight.copy_(torch.linspace(0.5, 2.0, 5))
+            m.bias.copy_(torch.linspace(-1.0, 1.0, 5))
+    for _ in range(3):
+        x = torch.randn(16, 5) * 3 + 1
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = ours(a), theirs(b)
+        assert torch.equal(ya, yb)
+        (ya * torch.arange(5.0)).sum().backward()
+        (yb * torch.arange(5.0)).sum().backward()
+        assert torch.equal(a.grad, b.grad) and torch.equal(ours.weight.grad, theirs.weight.grad)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
+    ours.eval(), theirs.eval()
+    x = torch.randn(4, 5)
+    assert torch.equal(ours(x), theirs(x))
+    with pytest.raises(ValueError, match=r"batch >= 2.*\(1, 5\)"):
+        ours.train()(torch.randn(1, 5))
 
 
 def test_batchnorm_survives_a_last_batch_of_one() -> None:

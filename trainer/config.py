@@ -77,7 +77,7 @@ class MLPConfig(BaseModel):
     hidden_sizes: tuple[int, ...] | None = None  # explicit widths; overrides hidden_layers/hidden_size
     activation: Activation = "relu"  # hidden-layer non-linearity
     leaky_relu_slope: float = Field(0.01, ge=0.0, lt=1.0)  # a in leaky_relu(x) = max(x, a x); prelu's initial a
-    norm: Norm = "none"  # normalization after each hidden Linear, before the activation
+    norm: Norm = "none"  # normalization after each hidden Linear (bias-free for batchnorm), before the activation
     residual: bool = False  # h <- h + block(h) where a hidden layer keeps the width of its input
     init: Init = "default"  # weight init of every Linear (biases 0 unless default); PyTorch's when "default"
     init_std: float = Field(0.01, gt=0.0)  # sigma of init "normal"

@@ -98,6 +98,33 @@ class InvertedDropout(nn.Module):
         return f"p={self.p}"
 
 
+class BatchNorm(nn.BatchNorm1d):
+    """Batch norm over (batch, features): y = gamma (h - mu_B) / sqrt(var_B + eps) + beta.
+
+    ``nn.BatchNorm1d`` with its forward cut to the one kernel call: mu_B and the biased var_B
+    come from the batch in training (running averages updated with ``momentum``, the unbiased
+    variance as PyTorch does), the running averages in evaluation. The same parameters,
+    buffers and numbers as ``nn.BatchNorm1d``; its Python checks cost ~8 us a call, a
+    noticeable share of a small layer's step.
+
+    Example:
+        >>> bn = BatchNorm(2); h = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
+        >>> bn(h)
+        tensor([[-1.0000, -1.0000],
+                [ 1.0000,  1.0000]], grad_fn=<NativeBatchNormBackward0>)
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return torch.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                    False, 0.0, self.eps, False)
+        if x.dim() != 2 or x.shape[0] < 2:
+            raise ValueError(f"batch norm in training needs a (batch >= 2, features) input, got shape {tuple(x.shape)}")
+        self.num_batches_tracked.add_(1)
+        return torch.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                True, self.momentum, self.eps, False)
+
+
 class Residual(nn.Module):
     """h -> h + block(h), for a block that keeps the width."""
 
@@ -125,9 +152,10 @@ def build_mlp(
     layers: list[nn.Module] = []
     width_in = n_features
     for index, width in enumerate(config.widths()):
-        block: list[nn.Module] = [nn.Linear(width_in, width)]
+        # batch norm subtracts each unit's batch mean, a bias before it with it: the layer has none
+        block: list[nn.Module] = [nn.Linear(width_in, width, bias=config.norm != "batchnorm")]
         if config.norm == "batchnorm":
-            block.append(nn.BatchNorm1d(width))
+            block.append(BatchNorm(width))
         elif config.norm == "layernorm":
             block.append(nn.LayerNorm(width))
         block.append(make_activation(config))
@@ -191,7 +219,8 @@ def initialize(model: nn.Module, config: MLPConfig) -> None:
             nn.init.kaiming_normal_(w, a=slope, nonlinearity=nonlinearity)
         else:
             nn.init.normal_(w, 0.0, config.init_std)
-        nn.init.zeros_(m.bias)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
 
 
 def output_bias_prior(task: Task, y_train: torch.Tensor, n_outputs: int) -> torch.Tensor:
