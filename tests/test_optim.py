@@ -329,3 +329,20 @@ def test_build_optimizer_uses_the_cached_step_for_adam_on_cpu() -> None:
     w = torch.nn.Parameter(torch.ones(2))
     assert type(build_optimizer(MLPConfig(optimizer="adam"), [w])) is FusedAdam
     assert type(build_optimizer(MLPConfig(optimizer="adamw", weight_decay=0.01), [w])) is FusedAdamW
+
+
+def test_step_hooks_run_once_and_the_unhooked_step_is_the_same_step() -> None:
+    torch.optim.Adam([torch.nn.Parameter(torch.ones(1))], fused=True)  # PyTorch wraps Adam.step for its hooks
+    ours, lean, theirs, plain = _pair("adam")
+    calls: list[int] = []
+    lean.register_step_pre_hook(lambda *_: calls.append(1))
+    lean.register_step_post_hook(lambda *_: calls.append(2))
+    grads = [[torch.full(p.shape, float(i + 1)) for p in ours] for i in range(4)]
+    _steps(ours, lean, grads[:2], [0.01, 0.01])  # PyTorch's step, then the cached one
+    assert calls == [1, 2, 1, 2]
+    for p, g in zip(ours, grads[2]):
+        p.grad = g.clone()
+    lean.step_unhooked()
+    assert calls == [1, 2, 1, 2], "no hooks"
+    _steps(theirs, plain, grads[:3], [0.01] * 3)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))

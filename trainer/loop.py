@@ -341,6 +341,8 @@ class _Stepper:
         self.l2_in_step = l2_fits_in_step(config)
         self.optimizer = build_optimizer(config, self.params, decayed=self.penalized,
                                          l2_in_step=self.penalized if self.l2_in_step else None)
+        # the trainer registers no optimizer hooks: the cached fused step skips their wrapper
+        self.optimizer_step = getattr(self.optimizer, "step_unhooked", self.optimizer.step)
         self.decay = DecoupledWeightDecay.for_config(config, self.penalized)
         weights = class_weights(config, data.y_train, data.n_classes) if data.task != "regression" else None
         if weights is not None:
@@ -372,7 +374,8 @@ class _Stepper:
             self.weight_noise.perturb()
         out = self.model(xb)
         loss = self.loss_fn(out, yb)
-        self.optimizer.zero_grad(set_to_none=True)
+        for p in self.params:  # optimizer.zero_grad(set_to_none=True), without its ~18 us of wrapping
+            p.grad = None
         loss.backward()
         if self.weight_noise is not None:
             self.weight_noise.restore()
@@ -385,7 +388,7 @@ class _Stepper:
             nn.utils.clip_grad_norm_(self.params, c.clip_grad_norm, foreach=True)
         if self.decay is not None:
             self.decay.apply(lr)
-        self.optimizer.step()
+        self.optimizer_step()
         self.loss = loss.detach()
         return out.detach()
 
