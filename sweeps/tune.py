@@ -717,6 +717,7 @@ def run_sweep(
         parent = _start_parent(tracker, spec, source_text, results_dir)
     # the trials earlier executions finished: an interruption or failure of this one leaves them be
     settled = tracker.settled_runs() if resume else set()
+    evaluated = "test_loss" if spec.trainer == "mlp" else None  # the built-in trainer's last metric
 
     callbacks: list[_SweepCallback] = []
     searches: dict[str | None, _SweepCallback] = {}
@@ -767,7 +768,8 @@ def run_sweep(
                 # ends: a study of many variants that is stopped later keeps them (at the end a
                 # summary run is updated, never duplicated). No trial runs between stages, so the
                 # runs still open are this stage's, closing
-                tracker.reconcile({k: v for cb in callbacks for k, v in cb.outcomes.items()}, wait_seconds=10.0)
+                tracker.reconcile({k: v for cb in callbacks for k, v in cb.outcomes.items()}, wait_seconds=10.0,
+                                  evaluation_metric=evaluated)
                 summarized[variant] = summarize_repeats(tracker, spec, variant)
         fitted = True
         status = "completed" if complete else "interrupted"
@@ -776,7 +778,7 @@ def run_sweep(
         raise
     finally:
         outcomes = {k: v for cb in callbacks for k, v in cb.outcomes.items()}
-        closed = tracker.reconcile(outcomes, wait_seconds=10.0 if fitted else 2.0)
+        closed = tracker.reconcile(outcomes, wait_seconds=10.0 if fitted else 2.0, evaluation_metric=evaluated)
         if closed:
             logger.warning("closed %d trial run(s) that their workers left RUNNING", closed)
         if status != "completed":

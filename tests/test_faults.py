@@ -290,7 +290,9 @@ def test_killed_driver_then_sweep_resume(tmp_path: Path) -> None:
     for c in children:
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")]
         assert sorted(steps) == list(range(1, len(steps) + 1)), (c.data.tags[tags.TRIAL_ID], sorted(steps))
-        assert "test_accuracy" in c.data.metrics
+        # Tune may end a trial (ASHA's max_t, a rung) while its worker still evaluates it: a driver killed
+        # then loses that evaluation, and the run says so instead of posing as evaluated
+        assert "test_accuracy" in c.data.metrics or tags.UNEVALUATED in c.data.tags, c.data.tags
 
     again = _sweep(["resume", "resumable"], tmp_path, env)
     out = again.communicate(timeout=120)[0]

@@ -92,6 +92,19 @@ def test_sweep_state_and_checkpoints_go_to_s3(tmp_path: Path) -> None:
         checkpoints = {p.split("/")[3] for p in files if "/checkpoint_" in p and p.endswith("train_state.pt")}
         assert len(checkpoints) == 2, "each trial's latest checkpoint is in the bucket"
         assert not (tmp_path / "sweep_results").exists(), "nothing went to the local default folder"
+
+        # a checkpoint that Tune's saved state names but that is gone is replaced by the trial's later one,
+        # on S3 too (it moves no folders: copy, then delete)
+        from sweeps.tune import replace_missing_checkpoint
+
+        named = next(p for p in files if "/checkpoint_" in p and p.endswith("train_state.pt")).rsplit("/", 1)[0]
+        index = int(named.rsplit("_", 1)[1])
+        later = f"{named.rsplit('_', 1)[0]}_{index + 1:06d}"
+        fs.copy_files(named, later, source_filesystem=s3, destination_filesystem=s3)
+        s3.delete_dir(named)
+        assert replace_missing_checkpoint(s3, named) == later
+        assert s3.get_file_info(f"{named}/train_state.pt").type == fs.FileType.File
+        assert s3.get_file_info(later).type == fs.FileType.NotFound
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -118,6 +118,25 @@ def test_reconcile_closes_runs_left_running(sweep: SweepTracker) -> None:
     assert sweep.client.get_run(sweep.parent_run_id).info.status == "KILLED"
 
 
+def test_reconcile_says_when_an_ended_trial_lost_its_evaluation(sweep: SweepTracker) -> None:
+    """Tune ended these trials, but their worker died before (or after) logging the test metrics."""
+    unevaluated = _open(sweep, "unevaluated")
+    unevaluated.log_epoch({"val_loss": 0.5}, epoch=1)
+    unevaluated.flush()
+    evaluated = _open(sweep, "evaluated")
+    evaluated.log_metrics({"test_loss": 0.4})
+    _open(sweep, "failed")
+    outcomes = {"unevaluated": (TrialStatus.COMPLETED, None, None), "evaluated": (TrialStatus.STOPPED_EARLY, 1, None),
+                "failed": (TrialStatus.FAILED, None, "boom")}
+    assert sweep.reconcile(outcomes, wait_seconds=0, evaluation_metric="test_loss") == 3
+    runs = {r.data.tags[tags.TRIAL_ID]: r for r in sweep.child_runs()}
+    assert runs["unevaluated"].data.tags[tags.TRIAL_STATUS] == "completed"
+    assert "test metrics and plots are missing" in runs["unevaluated"].data.tags[tags.UNEVALUATED]
+    assert tags.UNEVALUATED not in runs["evaluated"].data.tags
+    assert tags.UNEVALUATED not in runs["failed"].data.tags, "a failure has its own reason"
+    sweep.finish("completed")
+
+
 def test_non_finite_values_are_logged_as_nan(sweep: SweepTracker) -> None:
     run = _open(sweep, "t1")
     run.log_metrics({"test_loss": float("inf"), "test_accuracy": 0.5, "label": "x"})

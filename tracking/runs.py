@@ -380,11 +380,17 @@ class SweepTracker:
         )
 
     def reconcile(self, outcomes: Mapping[str, tuple[TrialStatus, int | None, str | None]],
-                  wait_seconds: float = 10.0) -> int:
+                  wait_seconds: float = 10.0, evaluation_metric: str | None = None) -> int:
         """Close child runs a worker left RUNNING, with the outcome the driver saw.
 
         Workers close their own runs; one killed or cut off mid-way cannot. Waits up to
         ``wait_seconds`` for workers to finish first. Returns how many runs were closed here.
+
+        A trial can end for Tune (ASHA stopped it, or it reached ``max_t``) while its worker is
+        still evaluating it; a driver killed then takes the worker with it. Such a run keeps its
+        outcome and its complete curves, but when it lacks ``evaluation_metric`` (what the
+        worker logs last, e.g. ``test_loss``) it is tagged ``sweep.unevaluated`` with why, so
+        nobody mistakes the missing test metrics and plots for a trainer that has none.
         """
         deadline = time.monotonic() + wait_seconds
         while True:
@@ -398,6 +404,12 @@ class SweepTracker:
                 trial_id, (TrialStatus.FAILED, None, "the sweep ended before this trial reported an outcome")
             )
             logger.info("closing run %s of trial %s as %s", run.info.run_id, trial_id, status.value)
+            if (status is not TrialStatus.FAILED and evaluation_metric is not None
+                    and evaluation_metric not in run.data.metrics):
+                self.client.set_tag(run.info.run_id, tags.UNEVALUATED,
+                                    "the trial's worker stopped (its sweep driver was killed) before the "
+                                    "end-of-trial evaluation: the curves are complete; the test metrics and "
+                                    "plots are missing")
             finish_run(self.client, run.info.run_id, status, stopped, reason)
         return len(running)
 

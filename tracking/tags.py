@@ -14,6 +14,7 @@ CV_FOLDS = "sweep.cv_folds"  # a cross-validated search trial: its number of fol
 TRIAL_STATUS = "sweep.trial_status"  # completed | stopped_early | failed | running
 STOPPED_EPOCH = "sweep.stopped_epoch"  # last epoch of a trial ASHA stopped
 FAILURE_REASON = "sweep.failure_reason"  # why a trial failed
+UNEVALUATED = "sweep.unevaluated"  # why a trial that ended has no end-of-trial metrics (test_*, plots)
 NODE_ID = "sweep.node_id"  # the Ray node that ran (or last resumed) the trial
 RESTARTS = "sweep.restarts"  # how many times a retried or resumed trial reopened this run
 RESUMED_FROM_EPOCH = "sweep.resumed_from_epoch"  # the checkpoint epoch the last restart continued after
