@@ -190,9 +190,10 @@ class _CpuClock:
 class _Checkpoints:
     """Write the trainer's state as a Tune checkpoint that travels with the epoch's report."""
 
-    def __init__(self, run_id: str, cpu: _CpuClock):
+    def __init__(self, run_id: str, cpu: _CpuClock, trial_config: dict[str, Any] | None = None):
         self.run_id = run_id
         self.cpu = cpu
+        self.trial_config = trial_config  # Tune's config of the trial: enough to finish it from this state
         self._pending: str | None = None
 
     def save(self, state: dict[str, Any]) -> None:
@@ -200,7 +201,8 @@ class _Checkpoints:
         folder = tempfile.mkdtemp(prefix="sweep-ckpt-")
         torch.save(state, os.path.join(folder, STATE_FILE))
         with open(os.path.join(folder, META_FILE), "w") as f:
-            json.dump({"mlflow_run_id": self.run_id, "epoch": int(state["epoch"]), T.CPU_SECONDS: self.cpu()}, f)
+            json.dump({"mlflow_run_id": self.run_id, "epoch": int(state["epoch"]), T.CPU_SECONDS: self.cpu(),
+                       "trial_config": self.trial_config}, f)
         self._pending = folder
 
     def take(self) -> tune.Checkpoint | None:
@@ -302,6 +304,14 @@ def trainable_for(ctx: TrialContext) -> type:
     return RunTrial
 
 
+def _trial_params(config: dict[str, Any], ctx: TrialContext) -> tuple[dict[str, Any], int | None]:
+    """A trial's hyperparameters from Tune's config, and the split seed of a repeat that varies the split."""
+    repeat = config.get(REPEAT_KEY)
+    if repeat is None:
+        return config, None
+    return dict(repeat["params"]), (repeat["seed"] if ctx.data_config is not None else None)
+
+
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Train one configuration, reporting every epoch to Tune and to the trial's MLflow run."""
     cpu = _CpuClock()
@@ -309,16 +319,15 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(thread_timeout_s(ctx.retry_seconds))
     trial_id = tune.get_context().get_trial_id()
     builtin = ctx.trainer == "mlp"
+    trial_config = config
     repeat = config.get(REPEAT_KEY)
-    split_seed = None
+    config, split_seed = _trial_params(config, ctx)
     if repeat is not None:
-        config = dict(repeat["params"])
         extra_tags = {T.STAGE: "repeat", T.CONFIG_ID: repeat["config_id"], T.SEED: str(repeat["seed"]),
                       T.SOURCE_TRIAL: repeat["source_trial"]}
         run_name = f"{repeat['config_id']}-seed{repeat['seed']}"
         if ctx.variant:
             run_name = f"{ctx.variant}-{run_name}"
-        split_seed = repeat["seed"] if ctx.data_config is not None else None
     else:
         extra_tags = {T.STAGE: "search"}
         run_name = tune.get_context().get_trial_name()
@@ -348,7 +357,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         # waiting out a tracking-server outage
         run.log_history([EpochMetrics(**m).as_dict() for m in restored[0].get("history", [])])
         logger.info("trial %s resumes run %s after epoch %s", trial_id, run.run_id, restored[1]["epoch"])
-    checkpoints = _Checkpoints(run.run_id, cpu) if builtin and ctx.checkpoint_every > 0 else None
+    checkpoints = _Checkpoints(run.run_id, cpu, trial_config) if builtin and ctx.checkpoint_every > 0 else None
     last_epoch = 0
     stopped_by_tune = False
     ended_itself = False  # within-trial early stopping: a complete run, whatever the scheduler says
@@ -412,6 +421,100 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         # Returning normally would make Tune report a final result that nobody collects,
         # and the thread would block; end it the way Tune expects.
         raise SystemExit(0)
+
+
+def _latest_checkpoint(storage: Storage, trial_id: str, run_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The newest intact checkpoint of ``trial_id`` (of MLflow run ``run_id``) anywhere under the
+    sweep's results folder: (trainer state, metadata), or None."""
+    from pyarrow import fs as pafs
+
+    if storage.filesystem is not None:
+        fs, root = storage.filesystem, storage.path
+    elif "://" in storage.path:
+        fs, root = pafs.FileSystem.from_uri(storage.path)
+    else:
+        fs, root = pafs.LocalFileSystem(), storage.path
+    candidates = []
+    for experiment in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if experiment.type != pafs.FileType.Directory:
+            continue
+        for trial in fs.get_file_info(pafs.FileSelector(experiment.path)):
+            if trial.type != pafs.FileType.Directory or not trial.base_name.startswith(f"run_trial_{trial_id}_"):
+                continue
+            for info in fs.get_file_info(pafs.FileSelector(trial.path)):
+                match = _CHECKPOINT_DIR.fullmatch(info.base_name)
+                if info.type == pafs.FileType.Directory and match:
+                    candidates.append((int(match.group(1)), info.path))
+    for _, path in sorted(candidates, reverse=True):
+        if not _intact_checkpoint(fs, path):
+            continue
+        with fs.open_input_stream(f"{path}/{META_FILE}") as f:
+            meta = json.loads(f.readall())
+        if meta.get("mlflow_run_id") != run_id:
+            continue
+        with fs.open_input_stream(f"{path}/{STATE_FILE}") as f:
+            state = torch.load(io.BytesIO(f.readall()), weights_only=True)
+        return state, meta
+    return None
+
+
+def finish_lost_evaluations(tracker: SweepTracker, ctx: TrialContext, callback: _SweepCallback, storage: Storage,
+                            stale: dict[str, str]) -> int:
+    """Evaluate, on the driver, the trials an earlier execution's driver took down mid-evaluation.
+
+    Tune ends a trial (ASHA stops it; it reaches ``max_t``) as soon as the worker reports the
+    epoch, while the worker goes on to evaluate it on the test split, log its plots and close
+    its run. A driver killed then takes the worker with it, and Tune's saved state has the trial
+    finished: a resume never runs it again. Such a run is still RUNNING with the same
+    ``sweep.restarts`` as when the resume began (``stale``), has an outcome in ``callback`` and
+    no test metrics. From the trial's newest checkpoint (whose metadata holds Tune's config),
+    training is replayed up to the epoch the trial ended at (deterministic: nothing if the
+    checkpoint is of that epoch), then the model is evaluated as the worker would have, into
+    the same run, which is closed with the trial's outcome. Returns how many were finished;
+    the others (no checkpoint, cross-validated trials, user trainers) are left to
+    :meth:`SweepTracker.reconcile`, which tags them ``sweep.unevaluated``.
+    """
+    if ctx.trainer != "mlp" or not stale:
+        return 0
+    from trainer.loop import drive, train_epochs
+
+    finished = 0
+    for found in tracker.child_runs():
+        run_id, trial_id = found.info.run_id, found.data.tags.get(T.TRIAL_ID, "")
+        outcome = callback.outcomes.get(trial_id)
+        if (found.info.status != "RUNNING" or stale.get(run_id) != found.data.tags.get(T.RESTARTS, "0")
+                or outcome is None or outcome[0] is TrialStatus.FAILED or "test_loss" in found.data.metrics):
+            continue
+        latest = _latest_checkpoint(storage, trial_id, run_id)
+        if latest is None or not latest[1].get("trial_config"):
+            continue
+        state, meta = latest
+        trial_config = meta["trial_config"]
+        if ctx.cv_folds is not None and REPEAT_KEY not in trial_config:
+            continue  # a cross-validated trial's checkpoint holds k folds: left to reconcile
+        config, split_seed = _trial_params(trial_config, ctx)
+        try:
+            run = TrialRun.open(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, ctx.sweep_name, ctx.sweep_id,
+                                trial_id, {}, flush_seconds=ctx.flush_seconds, run_id=run_id,
+                                extra_tags={T.RESUMED_FROM_EPOCH: meta["epoch"]}, retry=ServerRetry(ctx.retry_seconds))
+            data = _dataset(ctx, split_seed)
+            hook = None if ctx.metric in epoch_metric_names(data.task) else val_metric(ctx.metric, data)
+            stop_after = outcome[1] if outcome[0] is TrialStatus.STOPPED_EARLY else None
+            result = drive(train_epochs(MLPConfig(**config), data, threads=ctx.threads, epoch_metrics=hook,
+                                        resume=state, stop_after=stop_after),
+                           lambda m: run.log_epoch({k: v for k, v in m.as_dict().items() if k != "epoch"}, m.epoch))
+            curves = set(result.history[-1].as_dict()) if result.history else set()
+            test = {k: v for k, v in {**result.test, **_evaluate(result, data, ctx, run)}.items() if k not in curves}
+            run.log_metrics(test, step=result.history[-1].epoch if result.history else 0)
+            run.finish(outcome[0], stopped_epoch=outcome[1])
+        except Exception as e:  # noqa: BLE001 - reconcile still closes the run, tagged unevaluated
+            logger.warning("trial %s: could not finish its evaluation from its checkpoint (%s: %s)",
+                           trial_id, type(e).__name__, e)
+            continue
+        logger.warning("trial %s: its worker died with the earlier driver before evaluating it; evaluated now "
+                       "from its epoch-%s checkpoint", trial_id, meta["epoch"])
+        finished += 1
+    return finished
 
 
 def _cross_validated_trial(config: MLPConfig, ctx: TrialContext, run: TrialRun, report: Any,
@@ -718,6 +821,10 @@ def run_sweep(
     # the trials earlier executions finished: an interruption or failure of this one leaves them be
     settled = tracker.settled_runs() if resume else set()
     evaluated = "test_loss" if spec.trainer == "mlp" else None  # the built-in trainer's last metric
+    # runs the earlier driver left open, with how often they had been reopened: a worker of this
+    # execution that continues one reopens it; the others lost their worker for good
+    stale = ({r.info.run_id: r.data.tags.get(T.RESTARTS, "0") for r in tracker.child_runs()
+              if r.info.status == "RUNNING"} if resume else {})
 
     callbacks: list[_SweepCallback] = []
     searches: dict[str | None, _SweepCallback] = {}
@@ -748,6 +855,7 @@ def run_sweep(
             callbacks.append(search)
             complete = _search(vspec, ctx, search, storage, sweep_id, variant, restore=resume is not None) \
                 and complete
+            finish_lost_evaluations(tracker, ctx, search, storage, stale)
             if not complete:
                 break
             if vspec.repeats is not None:
@@ -762,6 +870,7 @@ def run_sweep(
                                                  reuse_actors=True),
                      param_space={REPEAT_KEY: tune.grid_search(points)}, restore=resume is not None)
                 complete = len(repeats.outcomes) >= len(points)
+                finish_lost_evaluations(tracker, ctx, repeats, storage, stale)
                 if not complete:
                     break
                 # this stage's statistics as soon as its seeds are in, not only when the whole study

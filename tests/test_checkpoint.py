@@ -101,3 +101,25 @@ def test_gpu_training_matches_the_cpu_run(digits: Dataset) -> None:
     for a, b in zip(cpu.history, gpu.history):
         assert a.val_loss == pytest.approx(b.val_loss, rel=1e-3)
     assert gpu.predict(digits.x_test).shape[0] == len(digits.y_test)
+
+
+@pytest.mark.parametrize("from_epoch", [2, 3])
+def test_stop_after_finishes_a_run_stopped_there_from_its_checkpoint(digits: Dataset, from_epoch: int) -> None:
+    """What a sweep does for a trial whose worker died after ASHA stopped it at epoch 3."""
+    from trainer.loop import drive, train_epochs
+
+    config = MLPConfig(epochs=EPOCHS, hidden_size=16, dropout=0.2, restore_best_weights=True, lr=0.05,
+                       early_stopping_patience=10)
+    states: list[dict] = []
+
+    def stop_at_3(m: EpochMetrics) -> None:
+        if m.epoch == 3:
+            raise StopTraining
+
+    stopped = train(config, digits, stop_at_3, checkpoint=states.append, threads=1)
+    again = drive(train_epochs(config, digits, resume=roundtrip(states[from_epoch - 1]), stop_after=3, threads=1))
+    assert again.stopped_epoch == stopped.stopped_epoch == 3
+    assert again.test == stopped.test and again.model_epoch == stopped.model_epoch
+    assert curves(again.history) == curves(stopped.history)
+    with pytest.raises(ValueError, match="stop_after=0"):
+        train_epochs(config, digits, stop_after=0)

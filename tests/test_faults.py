@@ -291,9 +291,76 @@ def test_killed_driver_then_sweep_resume(tmp_path: Path) -> None:
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")]
         assert sorted(steps) == list(range(1, len(steps) + 1)), (c.data.tags[tags.TRIAL_ID], sorted(steps))
         # Tune may end a trial (ASHA's max_t, a rung) while its worker still evaluates it: a driver killed
-        # then loses that evaluation, and the run says so instead of posing as evaluated
-        assert "test_accuracy" in c.data.metrics or tags.UNEVALUATED in c.data.tags, c.data.tags
+        # then takes that evaluation down with it, and the resume does it from the trial's checkpoint
+        assert "test_accuracy" in c.data.metrics and tags.UNEVALUATED not in c.data.tags, c.data.tags
 
     again = _sweep(["resume", "resumable"], tmp_path, env)
     out = again.communicate(timeout=120)[0]
     assert again.returncode == 2 and "nothing to resume" in out
+
+
+# ---- a trial Tune had ended, whose worker died with the driver before evaluating it ------------
+LOST_EVALUATION_SWEEP = """
+name: lost-evaluation
+data: {dataset: digits}
+metric: {name: val_accuracy, goal: maximize}
+parameters:
+  epochs: 6
+  hidden_size: 16
+  batch_size: 64
+  lr: {distribution: log_uniform, min: 0.001, max: 0.3}
+  dropout: 0.1
+search: {algorithm: tpe, trials: 6, seed: 3}
+early_stopping: {type: asha, grace_period: 2, reduction_factor: 2}
+resources: {cpus_per_trial: 1, max_concurrent_trials: 2}
+fault_tolerance: {checkpoint_every: 1}
+tracking: {flush_seconds: 0}
+"""
+
+
+def test_resume_evaluates_trials_whose_worker_died_before_evaluating(ray_session, tmp_path: Path) -> None:
+    """The driver and the worker die after Tune ended a trial (ASHA's stop, or the last epoch) but
+    before the worker logged its test metrics. Recreated exactly: a finished sweep's runs are put
+    back to that state (their end-of-trial metrics deleted from the store, RUNNING again). The
+    resume replays nothing Tune finished, evaluates those trials from their last checkpoints,
+    and gets the very numbers the workers had logged."""
+    import sqlite3
+
+    from sweeps.resume import DRIVER_TAG, find_resumable
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    spec = load_spec_text(LOST_EVALUATION_SWEEP, "lost.yaml", [f"tracking.uri={uri}"])
+    outcome = run_sweep(spec, results_dir=tmp_path / "results")
+    client = MlflowClient(uri)
+    children = client.search_runs([outcome.experiment_id], f"tags.`{tags.ROLE}` = 'trial'")
+    by_status = {c.data.tags[tags.TRIAL_STATUS]: c for c in children}
+    assert {"completed", "stopped_early"} <= set(by_status), "the search must have both kinds of trial"
+    lost = [by_status["completed"], by_status["stopped_early"]]
+    before = {c.info.run_id: {k: v for k, v in c.data.metrics.items() if k.startswith("test_")} for c in lost}
+    assert all(before.values())
+
+    with sqlite3.connect(db) as con:  # what the dead worker never wrote
+        for c in lost:
+            for table in ("metrics", "latest_metrics"):
+                con.execute(f"DELETE FROM {table} WHERE run_uuid = ? AND key LIKE 'test_%'", (c.info.run_id,))
+    for c in lost:
+        client.set_tag(c.info.run_id, tags.TRIAL_STATUS, "running")
+        client.update_run(c.info.run_id, status="RUNNING")
+    parent = outcome.parent_run_id
+    client.set_tag(parent, tags.SWEEP_STATUS, "interrupted")
+    client.set_tag(parent, DRIVER_TAG, "elsewhere:1")
+    client.set_terminated(parent, status="KILLED")
+
+    resumed = run_sweep(spec, resume=find_resumable(uri, spec.name))
+    assert resumed.status == "completed"
+    after = {c.info.run_id: c for c in client.search_runs([outcome.experiment_id], f"tags.`{tags.ROLE}` = 'trial'")}
+    assert len(after) == len(children)
+    for c in lost:
+        run = after[c.info.run_id]
+        assert run.info.status == "FINISHED" and tags.UNEVALUATED not in run.data.tags
+        assert run.data.tags[tags.TRIAL_STATUS] == c.data.tags[tags.TRIAL_STATUS]
+        assert run.data.tags.get(tags.STOPPED_EPOCH) == c.data.tags.get(tags.STOPPED_EPOCH)
+        assert {k: v for k, v in run.data.metrics.items() if k.startswith("test_")} == before[c.info.run_id]
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")]
+        assert sorted(steps) == list(range(1, len(steps) + 1)), "no epoch logged twice"

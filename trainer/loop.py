@@ -507,6 +507,7 @@ def train_epochs(
     resume: TrainState | None = None,
     device: str | torch.device | None = None,
     checkpoint_finished: bool = False,
+    stop_after: int | None = None,
 ) -> Epochs[TrainResult]:
     """The training loop, one epoch at a time: a generator of :class:`EpochMetrics`.
 
@@ -522,7 +523,13 @@ def train_epochs(
     out, marked ``finished`` (whatever ``checkpoint_every`` says). Resuming from such a state
     trains no further epoch: the generator returns that run's result at once. A caller that
     trains several runs side by side (cross-validation folds) checkpoints finished ones this way.
+
+    ``stop_after``: stop after that epoch, as if sent True there; resumed from a state of that
+    epoch, nothing trains and the generator returns the result of a run stopped there (a sweep
+    completes the evaluation of a trial whose worker died after its scheduler stopped it).
     """
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f"stop_after={stop_after!r}: must be an epoch >= 1")
     problems = (config.task_problems(data.task, data.n_classes)
                 + config.image_problems(data.image_shape, data.name, data.normalization))
     if problems:
@@ -531,7 +538,7 @@ def train_epochs(
         raise ValueError(f"checkpoint_every={checkpoint_every!r}: must be an integer >= 1")
     return _epochs(config, data, threads=threads, epoch_metrics=epoch_metrics, checkpoint=checkpoint,
                    checkpoint_every=checkpoint_every, resume=resume, device=device,
-                   checkpoint_finished=checkpoint_finished)
+                   checkpoint_finished=checkpoint_finished, stop_after=stop_after)
 
 
 def _epochs(
@@ -545,6 +552,7 @@ def _epochs(
     resume: TrainState | None,
     device: str | torch.device | None,
     checkpoint_finished: bool,
+    stop_after: int | None = None,
 ) -> Epochs[TrainResult]:
     flush_denormals()  # before this thread's first parallel region: its OpenMP workers inherit it
     torch.set_num_threads(threads or default_threads())
@@ -582,6 +590,8 @@ def _epochs(
             result.early_stopped_epoch = first - 1
             last = first - 1
         logger.info("resuming training after epoch %d", first - 1)
+    if stop_after is not None and stop_after < last:
+        last = max(stop_after, first - 1)
 
     for epoch in range(first, last + 1):
         started = time.perf_counter()
@@ -640,6 +650,9 @@ def _epochs(
             logger.debug("early stopping after epoch %d (best val_loss at epoch %d)", epoch, stopper.best_epoch)
             break
 
+    if (stop_after is not None and stop_after < config.epochs and result.stopped_epoch is None
+            and result.early_stopped_epoch is None and result.history and result.history[-1].epoch == stop_after):
+        result.stopped_epoch = stop_after
     if best is not None and best.epoch:
         best.restore(model)
         result.model_epoch = best.epoch
