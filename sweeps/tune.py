@@ -230,16 +230,28 @@ def _restored_checkpoint() -> tuple[dict[str, Any], dict[str, Any]] | None:
 _CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)")  # Tune's name for a trial's n-th checkpoint folder
 
 
-def _intact_checkpoint(fs: Any, path: str) -> bool:
-    """Whether the checkpoint folder ``path`` holds a whole trainer state and its metadata."""
+def _read_checkpoint(fs: Any, path: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The trainer state and metadata in the checkpoint folder ``path``; None unless both are whole."""
     try:
         with fs.open_input_stream(f"{path}/{META_FILE}") as f:
-            json.loads(f.readall())
+            meta = json.loads(f.readall())
         with fs.open_input_stream(f"{path}/{STATE_FILE}") as f:
-            torch.load(io.BytesIO(f.readall()), weights_only=True)
+            state = torch.load(io.BytesIO(f.readall()), weights_only=True)
     except Exception:  # missing, truncated by a kill mid-upload, unreadable: not a state to resume from
-        return False
-    return True
+        return None
+    return state, meta
+
+
+def _checkpoint_folders(fs: Any, trial_folder: str) -> list[tuple[int, str]]:
+    """(n, path) of each ``checkpoint_<n>`` folder of a trial, newest first."""
+    from pyarrow import fs as pafs
+
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(trial_folder, allow_not_found=True)):
+        match = _CHECKPOINT_DIR.fullmatch(info.base_name)
+        if info.type == pafs.FileType.Directory and match:
+            found.append((int(match.group(1)), info.path))
+    return sorted(found, reverse=True)
 
 
 def replace_missing_checkpoint(fs: Any, path: str) -> str | None:
@@ -268,13 +280,8 @@ def replace_missing_checkpoint(fs: Any, path: str) -> str | None:
     named = _CHECKPOINT_DIR.fullmatch(name)
     if named is None:
         return None
-    later = []
-    for info in fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
-        match = _CHECKPOINT_DIR.fullmatch(info.base_name)
-        if info.type == pafs.FileType.Directory and match and int(match.group(1)) > int(named.group(1)):
-            later.append((int(match.group(1)), info.path))
-    for _, candidate in sorted(later, reverse=True):
-        if not _intact_checkpoint(fs, candidate):
+    for index, candidate in _checkpoint_folders(fs, parent):
+        if index <= int(named.group(1)) or _read_checkpoint(fs, candidate) is None:
             continue
         try:
             fs.move(candidate, path)  # a rename where the file system has one
@@ -302,6 +309,24 @@ def trainable_for(ctx: TrialContext) -> type:
             return super().restore(checkpoint_path)
 
     return RunTrial
+
+
+EVALUATED_METRIC = "test_loss"  # what the built-in trainer's worker logs last: absent, the trial was never evaluated
+
+
+def _metric_hook(ctx: TrialContext, data: Dataset) -> Any:
+    """What computes the sweep's metric after each epoch, unless the trainer reports it anyway."""
+    return None if ctx.metric in epoch_metric_names(data.task) else val_metric(ctx.metric, data)
+
+
+def _end_of_trial_metrics(result: Any, data: Dataset, ctx: TrialContext, run: TrialRun,
+                          history: list[EpochMetrics] | None = None) -> dict[str, float]:
+    """The test metrics, plots and diagnosis of a trained model (:func:`_evaluate`), less what
+    the curves (``history``, default the result's) already hold at their last epoch (e.g.
+    val_accuracy): those are not logged twice."""
+    history = result.history if history is None else history
+    curves = set(history[-1].as_dict()) if history else set()
+    return {k: v for k, v in {**result.test, **_evaluate(result, data, ctx, run)}.items() if k not in curves}
 
 
 def _trial_params(config: dict[str, Any], ctx: TrialContext) -> tuple[dict[str, Any], int | None]:
@@ -393,14 +418,11 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                                           checkpoints, restored[0] if restored else None)
         elif builtin:
             data = _dataset(ctx, split_seed)
-            hook = None if ctx.metric in epoch_metric_names(data.task) else val_metric(ctx.metric, data)
             result = train(MLPConfig(**config), data, lambda m: report(m.as_dict()), threads=ctx.threads,
-                           epoch_metrics=hook, checkpoint=checkpoints.save if checkpoints else None,
+                           epoch_metrics=_metric_hook(ctx, data), checkpoint=checkpoints.save if checkpoints else None,
                            checkpoint_every=max(ctx.checkpoint_every, 1), resume=restored[0] if restored else None,
                            device=_device())
-            curves = set(result.history[-1].as_dict()) if result.history else set()
-            # what the curves already hold at their epochs (e.g. val_accuracy) is not logged twice
-            test = {k: v for k, v in {**result.test, **_evaluate(result, data, ctx, run)}.items() if k not in curves}
+            test = _end_of_trial_metrics(result, data, ctx, run)
         else:
             try:
                 test = resolve_trainer(ctx.trainer)(dict(config), report) or {}
@@ -439,22 +461,12 @@ def _latest_checkpoint(storage: Storage, trial_id: str, run_id: str) -> tuple[di
         if experiment.type != pafs.FileType.Directory:
             continue
         for trial in fs.get_file_info(pafs.FileSelector(experiment.path)):
-            if trial.type != pafs.FileType.Directory or not trial.base_name.startswith(f"run_trial_{trial_id}_"):
-                continue
-            for info in fs.get_file_info(pafs.FileSelector(trial.path)):
-                match = _CHECKPOINT_DIR.fullmatch(info.base_name)
-                if info.type == pafs.FileType.Directory and match:
-                    candidates.append((int(match.group(1)), info.path))
+            if trial.type == pafs.FileType.Directory and trial.base_name.startswith(f"run_trial_{trial_id}_"):
+                candidates.extend(_checkpoint_folders(fs, trial.path))
     for _, path in sorted(candidates, reverse=True):
-        if not _intact_checkpoint(fs, path):
-            continue
-        with fs.open_input_stream(f"{path}/{META_FILE}") as f:
-            meta = json.loads(f.readall())
-        if meta.get("mlflow_run_id") != run_id:
-            continue
-        with fs.open_input_stream(f"{path}/{STATE_FILE}") as f:
-            state = torch.load(io.BytesIO(f.readall()), weights_only=True)
-        return state, meta
+        read = _read_checkpoint(fs, path)
+        if read is not None and read[1].get("mlflow_run_id") == run_id:
+            return read
     return None
 
 
@@ -483,7 +495,7 @@ def finish_lost_evaluations(tracker: SweepTracker, ctx: TrialContext, callback: 
         run_id, trial_id = found.info.run_id, found.data.tags.get(T.TRIAL_ID, "")
         outcome = callback.outcomes.get(trial_id)
         if (found.info.status != "RUNNING" or stale.get(run_id) != found.data.tags.get(T.RESTARTS, "0")
-                or outcome is None or outcome[0] is TrialStatus.FAILED or "test_loss" in found.data.metrics):
+                or outcome is None or outcome[0] is TrialStatus.FAILED or EVALUATED_METRIC in found.data.metrics):
             continue
         latest = _latest_checkpoint(storage, trial_id, run_id)
         if latest is None or not latest[1].get("trial_config"):
@@ -498,13 +510,11 @@ def finish_lost_evaluations(tracker: SweepTracker, ctx: TrialContext, callback: 
                                 trial_id, {}, flush_seconds=ctx.flush_seconds, run_id=run_id,
                                 extra_tags={T.RESUMED_FROM_EPOCH: meta["epoch"]}, retry=ServerRetry(ctx.retry_seconds))
             data = _dataset(ctx, split_seed)
-            hook = None if ctx.metric in epoch_metric_names(data.task) else val_metric(ctx.metric, data)
             stop_after = outcome[1] if outcome[0] is TrialStatus.STOPPED_EARLY else None
-            result = drive(train_epochs(MLPConfig(**config), data, threads=ctx.threads, epoch_metrics=hook,
-                                        resume=state, stop_after=stop_after),
+            result = drive(train_epochs(MLPConfig(**config), data, threads=ctx.threads,
+                                        epoch_metrics=_metric_hook(ctx, data), resume=state, stop_after=stop_after),
                            lambda m: run.log_epoch({k: v for k, v in m.as_dict().items() if k != "epoch"}, m.epoch))
-            curves = set(result.history[-1].as_dict()) if result.history else set()
-            test = {k: v for k, v in {**result.test, **_evaluate(result, data, ctx, run)}.items() if k not in curves}
+            test = _end_of_trial_metrics(result, data, ctx, run)
             run.log_metrics(test, step=result.history[-1].epoch if result.history else 0)
             run.finish(outcome[0], stopped_epoch=outcome[1])
         except Exception as e:  # noqa: BLE001 - reconcile still closes the run, tagged unevaluated
@@ -532,10 +542,8 @@ def _cross_validated_trial(config: MLPConfig, ctx: TrialContext, run: TrialRun, 
     cv = train_cv(config, folds, report, threads=ctx.threads, epoch_metrics=hooks,
                   checkpoint=checkpoints.save if checkpoints else None,
                   checkpoint_every=max(ctx.checkpoint_every, 1), resume=resume, device=_device())
-    first = cv.folds[0]
-    curves = set(cv.history[-1].as_dict()) if cv.history else set()
     # the curves hold the fold means (e.g. val_accuracy); fold 1's values of those are not logged over them
-    test = {k: v for k, v in {**first.test, **_evaluate(first, folds[0], ctx, run)}.items() if k not in curves}
+    test = _end_of_trial_metrics(cv.folds[0], folds[0], ctx, run, history=cv.history)
     return {**test, **cv.summary()}
 
 
@@ -820,7 +828,7 @@ def run_sweep(
         parent = _start_parent(tracker, spec, source_text, results_dir)
     # the trials earlier executions finished: an interruption or failure of this one leaves them be
     settled = tracker.settled_runs() if resume else set()
-    evaluated = "test_loss" if spec.trainer == "mlp" else None  # the built-in trainer's last metric
+    evaluated = EVALUATED_METRIC if spec.trainer == "mlp" else None
     # runs the earlier driver left open, with how often they had been reopened: a worker of this
     # execution that continues one reopens it; the others lost their worker for good
     stale = ({r.info.run_id: r.data.tags.get(T.RESTARTS, "0") for r in tracker.child_runs()

@@ -107,8 +107,9 @@ class _CachedFusedStep:
     def _step(self, closure: Any) -> Any:
         cached = self._cached
         if cached is None or closure is not None or hasattr(self, "grad_scale") or hasattr(self, "found_inf"):
-            loss = super().step.__wrapped__(self, closure) if hasattr(super().step, "__wrapped__") \
-                else super().step(closure)  # type: ignore[misc]
+            # PyTorch's own step, without the hook wrapper it has once a plain Adam was built: ours ran them
+            unwrapped = getattr(super().step, "__wrapped__", None)  # type: ignore[misc]
+            loss = unwrapped(self, closure) if unwrapped is not None else super().step(closure)  # type: ignore[misc]
             self._cached = self._cache()
             return loss
         all_grads = [[p.grad for p in params] for _, params, _, _, _ in cached]
