@@ -173,6 +173,28 @@ def _session_processes(session: int) -> set[int]:
     return pids
 
 
+def _freeze_session(session: int) -> set[int]:
+    """SIGSTOP every process of the session (new ones too, until none appear): nothing it writes
+    changes until it is killed or thawed, so what is read now is what a kill would leave."""
+    stopped: set[int] = set()
+    while fresh := _session_processes(session) - stopped:
+        for pid in fresh:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        stopped |= fresh
+    return stopped
+
+
+def _thaw(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
 def _kill_session(session: int) -> None:
     """SIGKILL the driver and everything in its session (its local Ray with it), as a crash would."""
     deadline = time.monotonic() + 30
@@ -245,17 +267,21 @@ def test_killed_driver_then_sweep_resume(tmp_path: Path) -> None:
                 runs = client.search_runs([exp.experiment_id], f"tags.`{tags.ROLE}` = 'trial'")
                 ended = sum(r.info.status != "RUNNING" for r in runs)
                 if ended >= 2 and any(r.info.status == "RUNNING" for r in runs):
+                    # read the saved state with the sweep frozen: a trial can end, and the state be
+                    # synced again, between a read and a kill (CI saw that)
+                    frozen = _freeze_session(driver.pid)
                     saved = _saved_checkpoints(tmp_path / "sweep_results")
                     if saved:  # a resume will restore an unfinished trial from a checkpoint
                         break
+                    _thaw(frozen)
             time.sleep(0.1)
     finally:
         _kill_session(driver.pid)
     output = driver.communicate()[0]
     assert driver.returncode == -signal.SIGKILL, f"the sweep ended before it could be killed:\n{output[-3000:]}"
     assert 2 <= ended < 6
-    saved = _saved_checkpoints(tmp_path / "sweep_results")  # as the kill left it
     assert saved, "no unfinished trial with a checkpoint in the saved state"
+    assert _saved_checkpoints(tmp_path / "sweep_results") == saved, "the kill left the state as it was read"
     lost_trial = sorted(saved)[0]
     lost_epoch = _lose_saved_checkpoint(saved[lost_trial])
 
