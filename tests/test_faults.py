@@ -178,19 +178,16 @@ def _freeze_session(session: int) -> set[int]:
     changes until it is killed or thawed, so what is read now is what a kill would leave."""
     stopped: set[int] = set()
     while fresh := _session_processes(session) - stopped:
-        for pid in fresh:
-            try:
-                os.kill(pid, signal.SIGSTOP)
-            except ProcessLookupError:
-                pass
+        _signal(fresh, signal.SIGSTOP)
         stopped |= fresh
     return stopped
 
 
-def _thaw(pids: set[int]) -> None:
+def _signal(pids: set[int], sig: signal.Signals) -> None:
+    """Send ``sig`` to each process that still exists."""
     for pid in pids:
         try:
-            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, sig)
         except ProcessLookupError:
             pass
 
@@ -199,11 +196,7 @@ def _kill_session(session: int) -> None:
     """SIGKILL the driver and everything in its session (its local Ray with it), as a crash would."""
     deadline = time.monotonic() + 30
     while (pids := _session_processes(session)) and time.monotonic() < deadline:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _signal(pids, signal.SIGKILL)
         time.sleep(0.2)
     assert not _session_processes(session), "the killed driver's processes did not go away"
 
@@ -273,7 +266,7 @@ def test_killed_driver_then_sweep_resume(tmp_path: Path) -> None:
                     saved = _saved_checkpoints(tmp_path / "sweep_results")
                     if saved:  # a resume will restore an unfinished trial from a checkpoint
                         break
-                    _thaw(frozen)
+                    _signal(frozen, signal.SIGCONT)  # thaw it
             time.sleep(0.1)
     finally:
         _kill_session(driver.pid)
