@@ -1123,9 +1123,13 @@ def _environment() -> dict[str, str]:
     import mlflow
     import torch
 
+    from trainer import fused
+
     return {
         "python": platform.python_version(), "platform": platform.platform(), "ray": ray.__version__,
         "optuna": optuna.__version__, "mlflow": mlflow.__version__, "torch": torch.__version__,
+        # fused CPU kernels or PyTorch's layers (the driver's; workers on the same image agree)
+        "trainer_kernels": fused.status(),
     }
 
 

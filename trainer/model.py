@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainer import fused
 from trainer.config import MLPConfig, Task
 
 
@@ -125,6 +126,65 @@ class BatchNorm(nn.BatchNorm1d):
                                 True, self.momentum, self.eps, False)
 
 
+class MLP(nn.Sequential):
+    """``nn.Sequential`` that runs a hidden layer's tail in fused kernels while training.
+
+    The modules, their parameters, buffers and generators are those of the plain sequence (the
+    same ``state_dict`` and checkpoints). In a training pass on a CPU float32 batch, where
+    :mod:`trainer.fused` has its kernels, a run of ``BatchNorm -> ReLU [-> InvertedDropout]`` is
+    one call of :func:`trainer.fused.batchnorm_relu_dropout`, and ``ReLU -> InvertedDropout``
+    one call of :func:`trainer.fused.relu_dropout`; everything else (evaluation too) runs
+    module by module.
+
+    Example:
+        >>> m = MLP(nn.Linear(3, 4), nn.ReLU(), InvertedDropout(0.5), nn.Linear(4, 2))
+        >>> m.eval()(torch.ones(1, 3)).shape
+        torch.Size([1, 2])
+    """
+
+    def _plan(self) -> list[tuple[str, tuple[nn.Module, ...]]]:
+        """The forward's steps, each a kind and the run of modules it covers in order.
+
+        ("bn_relu_drop", (bn, relu[, dropout])), ("relu_drop", (relu, dropout)) or ("module", (m,)).
+        """
+        modules = tuple(self._modules.values())
+        cached = self.__dict__.get("_cached_plan")
+        if cached is not None and cached[0] == modules:
+            return cached[1]
+        plan: list[tuple[str, tuple[nn.Module, ...]]] = []
+        i = 0
+        while i < len(modules):
+            m, after = modules[i], modules[i + 1:i + 3]
+            relu_next = len(after) > 0 and type(after[0]) is nn.ReLU
+            dropout_after_relu = len(after) > 1 and isinstance(after[1], InvertedDropout)
+            if type(m) is BatchNorm and relu_next and m.affine and m.track_running_stats:
+                run = modules[i:i + 3] if dropout_after_relu else modules[i:i + 2]
+                plan.append(("bn_relu_drop", run))
+            elif type(m) is nn.ReLU and len(after) > 0 and isinstance(after[0], InvertedDropout):
+                run = modules[i:i + 2]
+                plan.append(("relu_drop", run))
+            else:
+                run = (m,)
+                plan.append(("module", run))
+            i += len(run)
+        self.__dict__["_cached_plan"] = (modules, plan)
+        return plan
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not fused.usable(x):
+            return super().forward(x)
+        for kind, run in self._plan():
+            # a slice such as model[:-1] is a new container in training mode: ask the layers themselves
+            if kind == "module" or not all(m.training for m in run):
+                for m in run:
+                    x = m(x)
+            elif kind == "bn_relu_drop":
+                x = fused.batchnorm_relu_dropout(x, run[0], run[2] if len(run) == 3 else None)  # type: ignore[arg-type]
+            else:
+                x = fused.relu_dropout(x, run[1])  # type: ignore[arg-type]
+        return x
+
+
 class Residual(nn.Module):
     """h -> h + block(h), for a block that keeps the width."""
 
@@ -138,7 +198,7 @@ class Residual(nn.Module):
 
 def build_mlp(
     config: MLPConfig, n_features: int, n_outputs: int, output_bias: torch.Tensor | None = None
-) -> nn.Sequential:
+) -> MLP:
     """Hidden layers, then a linear output layer, initialized by ``config.init``.
 
     Args:
@@ -162,12 +222,12 @@ def build_mlp(
         if config.dropout > 0:
             block.append(InvertedDropout(config.dropout, dropout_generator(config.seed, index)))
         if config.residual and width == width_in:
-            layers.append(Residual(nn.Sequential(*block)))
+            layers.append(Residual(MLP(*block)))
         else:
             layers.extend(block)
         width_in = width
     layers.append(nn.Linear(width_in, n_outputs))
-    model = nn.Sequential(*layers)
+    model = MLP(*layers)
     initialize(model, config)
     if output_bias is not None:
         with torch.no_grad():

@@ -1,0 +1,180 @@
+"""trainer/fused: the fused batch norm -> ReLU -> dropout kernels against PyTorch's eager layers, and their build."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests.helpers import tiny
+from trainer import MLPConfig, embed, train
+from trainer import fused
+from trainer.model import MLP, BatchNorm, InvertedDropout, build_mlp
+
+needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) on this machine")
+
+
+@pytest.fixture
+def kernels_mode(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Lets a test set TRAINER_KERNELS / CC; the kernels are looked up again before and after it."""
+    fused.reset()
+    yield monkeypatch
+    monkeypatch.undo()
+    fused.reset()
+
+
+def _tail(dropout: float, seed: int = 3) -> tuple[BatchNorm, nn.ReLU, InvertedDropout]:
+    bn = BatchNorm(6, momentum=0.3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.linspace(0.5, 1.5, 6))
+        bn.bias.copy_(torch.linspace(-0.2, 0.3, 6))
+    return bn, nn.ReLU(), InvertedDropout(dropout, np.random.Generator(np.random.PCG64(seed)))
+
+
+def _run(model: nn.Module, z: torch.Tensor, gy: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    z = z.clone().requires_grad_(True)
+    y = model(z)
+    y.backward(gy)
+    return y.detach(), [z.grad, *(p.grad for p in model.parameters())]
+
+
+@needs_compiler
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_batchnorm_relu_dropout_matches_the_eager_layers(dropout: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    z, gy = 2 + 3 * torch.randn(32, 6, generator=g), torch.randn(32, 6, generator=g)
+    layers = _tail(dropout) if dropout else _tail(dropout)[:2]
+    eager, ours = nn.Sequential(*copy.deepcopy(layers)), MLP(*copy.deepcopy(layers))
+    assert [kind for kind, _ in ours._plan()] == ["bn_relu_drop"]
+    for _ in range(3):  # running averages and mask streams over several steps
+        y_eager, grads_eager = _run(eager, z, gy)
+        y_ours, grads_ours = _run(ours, z, gy)
+        assert torch.allclose(y_ours, y_eager, atol=1e-6, rtol=1e-5)
+        assert ((y_ours == 0) == (y_eager == 0)).all()  # the same units dropped or cut by the ReLU
+        for a, b in zip(grads_ours, grads_eager):
+            assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+    for name in ("running_mean", "running_var"):
+        assert torch.allclose(getattr(ours[0], name), getattr(eager[0], name), atol=1e-6, rtol=1e-5)
+    assert int(ours[0].num_batches_tracked) == int(eager[0].num_batches_tracked) == 3
+    if dropout:  # the same words drawn: the generators stand at the same state
+        assert ours[2].generator.bit_generator.state == eager[2].generator.bit_generator.state
+
+
+@needs_compiler
+def test_relu_dropout_is_bit_identical_to_the_eager_layers() -> None:
+    g = torch.Generator().manual_seed(2)
+    h, gy = torch.randn(64, 10, generator=g), torch.randn(64, 10, generator=g)
+    h[0, :3] = torch.tensor([0.0, -0.0, float("nan")])
+    layers = (nn.ReLU(), InvertedDropout(0.4, np.random.Generator(np.random.PCG64(9))))
+    eager, ours = nn.Sequential(*copy.deepcopy(layers)), MLP(*copy.deepcopy(layers))
+    assert [kind for kind, _ in ours._plan()] == ["relu_drop"]
+    for _ in range(2):
+        y_eager, (g_eager,) = _run(eager, h, gy)
+        y_ours, (g_ours,) = _run(ours, h, gy)
+        assert torch.equal(y_ours.isnan(), y_eager.isnan()) and y_ours.isnan().any()  # a NaN stays visible
+        assert torch.equal(y_ours.nan_to_num(), y_eager.nan_to_num())
+        assert torch.equal(g_ours[1:], g_eager[1:])  # (a dropped NaN's gradient is NaN-land either way)
+
+
+@needs_compiler
+def test_training_with_dropout_is_bit_identical_on_both_paths(kernels_mode: pytest.MonkeyPatch) -> None:
+    data, config = tiny(n=96), MLPConfig(hidden_sizes=(16, 16), dropout=0.3, epochs=3, batch_size=16)
+    assert fused.status() == "fused"
+    on = train(config, data, threads=1)
+    kernels_mode.setenv("TRAINER_KERNELS", "eager")
+    fused.reset()
+    assert fused.status().startswith("eager")
+    off = train(config, data, threads=1)
+    assert [m.train_loss for m in on.history] == [m.train_loss for m in off.history]
+    for a, b in zip(on.model.state_dict().values(), off.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@needs_compiler
+def test_training_with_batchnorm_agrees_with_the_eager_path(kernels_mode: pytest.MonkeyPatch) -> None:
+    data = tiny(n=96)
+    config = MLPConfig(hidden_sizes=(16, 16), norm="batchnorm", dropout=0.2, epochs=2, batch_size=16)
+    on = train(config, data, threads=1)
+    kernels_mode.setenv("TRAINER_KERNELS", "eager")
+    fused.reset()
+    off = train(config, data, threads=1)
+    for a, b in zip(on.history, off.history):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
+        assert a.val_loss == pytest.approx(b.val_loss, rel=1e-4)
+
+
+@needs_compiler
+def test_eval_and_slices_run_the_layers_themselves() -> None:
+    """A slice such as model[:-1] is a new container in training mode; its layers decide."""
+    model = build_mlp(MLPConfig(hidden_sizes=(8,), norm="batchnorm", dropout=0.5), n_features=4, n_outputs=2)
+    x = torch.randn(10, 4)
+    model.eval()
+    assert torch.equal(model[:-1](x), embed(model, x))
+    assert torch.equal(model[:-1](x), model[1:3](model[0](x)))  # no dropout, running statistics
+
+
+@needs_compiler
+def test_the_build_is_cached(tmp_path: Path) -> None:
+    first = fused.build(tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert fused.build(tmp_path) == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left
+
+
+@needs_compiler
+def test_an_existing_build_needs_no_compiler(kernels_mode: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    built = fused.build(tmp_path)
+    kernels_mode.setenv("CC", "no-such-compiler")
+    kernels_mode.setenv("TRAINER_KERNEL_CACHE", str(tmp_path))
+    assert fused.build() == built and fused.status() == "fused"
+
+
+def test_without_a_compiler_auto_falls_back_and_says_why(
+    kernels_mode: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    kernels_mode.setenv("CC", "no-such-compiler")
+    kernels_mode.setenv("TRAINER_KERNEL_CACHE", str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="trainer.fused"):
+        assert fused.kernels() is None
+    assert "no-such-compiler" in fused.status() and fused.status().startswith("eager")
+    assert "no-such-compiler" in caplog.text
+    result = train(MLPConfig(hidden_sizes=(8,), norm="batchnorm", dropout=0.2, epochs=1), tiny(), threads=1)
+    assert result.history[0].train_loss > 0  # trained on PyTorch's layers
+
+
+def test_fused_mode_refuses_to_fall_back(kernels_mode: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    kernels_mode.setenv("TRAINER_KERNELS", "fused")
+    kernels_mode.setenv("CC", "no-such-compiler")
+    kernels_mode.setenv("TRAINER_KERNEL_CACHE", str(tmp_path))
+    for _ in range(2):  # every call, not only the first
+        with pytest.raises(fused.KernelBuildError, match="TRAINER_KERNELS=fused.*no-such-compiler"):
+            fused.kernels()
+
+
+def test_a_failing_compile_is_reported(kernels_mode: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    compiler = tmp_path / "broken-cc"
+    compiler.write_text("#!/bin/sh\necho 'broken-cc: internal error' >&2\nexit 3\n")
+    compiler.chmod(0o755)
+    kernels_mode.setenv("CC", str(compiler))
+    with pytest.raises(fused.KernelBuildError, match=r"exit 3\).*internal error"):
+        fused.build(tmp_path / "cache")
+    assert not any((tmp_path / "cache").iterdir())  # nothing half-written left behind
+
+
+def test_a_bad_mode_names_the_variable(kernels_mode: pytest.MonkeyPatch) -> None:
+    kernels_mode.setenv("TRAINER_KERNELS", "fast")
+    with pytest.raises(ValueError, match="TRAINER_KERNELS='fast': must be one of auto, fused, eager"):
+        fused.kernels()
+
+
+@needs_compiler
+def test_this_machine_builds_the_kernels() -> None:
+    """Where a compiler exists, auto mode must end up fused (a silent fall-back would hide a broken build)."""
+    assert fused.status() == "fused"

@@ -1,0 +1,146 @@
+/*
+ * Fused CPU kernels of a hidden layer's tail, for trainer/fused.py (which compiles this file with
+ * the system C compiler on first use and calls it through ctypes).
+ *
+ *   bn_relu_drop_fwd / _bwd: batch norm (training mode, batch statistics) -> ReLU -> inverted dropout
+ *   relu_drop_fwd / _bwd:    ReLU -> inverted dropout
+ *
+ * Tensors are float32, row-major (n, c), contiguous. The dropout mask is not drawn here: the caller
+ * passes the layer's 16-bit uniform integers u (numpy's PCG64 words, as InvertedDropout draws them)
+ * and an element is kept when u >= level, scaled by `scale` = 1 / (1 - p'). u == NULL: no dropout.
+ *
+ * ReLU is written v <= 0 ? 0 : v, so that a NaN passes through as in PyTorch (divergence stays visible).
+ * The backward passes need no mask: y = relu(v) * m with m in {0, scale}, scale > 0, so
+ * dy/dv = scale where y > 0 and 0 elsewhere (PyTorch's ReLU has gradient 0 at v = 0 too).
+ *
+ * Every loop runs over columns innermost, so the compiler vectorizes it (the per-column sums too:
+ * one accumulator per column). -fno-trapping-math lets it turn the compares into blends.
+ */
+#include <math.h>
+#include <stdint.h>
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+/* one build for every x86-64 node: an AVX2 copy, picked at load time where the CPU has it */
+#define KERNEL __attribute__((target_clones("avx2", "default")))
+#else
+#define KERNEL
+#endif
+
+/*
+ * Training-mode batch norm over the rows, then ReLU, then the dropout mask:
+ *   mean_j = sum_i z_ij / n,  var_j = sum_i (z_ij - mean_j)^2 / n (biased, two passes),
+ *   invstd_j = 1 / sqrt(var_j + eps),  a_j = gamma_j invstd_j,  b_j = beta_j - mean_j a_j,
+ *   y_ij = max(z_ij a_j + b_j, 0) * m_ij.
+ * Running averages: r <- (1 - momentum) r + momentum s, with the unbiased variance var n / (n - 1);
+ * batches (num_batches_tracked) += 1.
+ * stats (3c floats) receives mean, invstd and a scratch row; the backward pass reads the first two.
+ */
+KERNEL
+void bn_relu_drop_fwd(const float *restrict z, float *restrict y, int64_t n, int64_t c,
+                      const float *restrict gamma, const float *restrict beta,
+                      float *restrict running_mean, float *restrict running_var, int64_t *restrict batches,
+                      double momentum, double eps, const uint16_t *restrict u, int32_t level, float scale,
+                      float *restrict stats)
+{
+    *batches += 1;
+    float *restrict mean = stats, *restrict invstd = stats + c, *restrict b = stats + 2 * c;
+    const float inv_n = 1.0f / (float)n;
+    for (int64_t j = 0; j < c; j++) { mean[j] = 0.f; invstd[j] = 0.f; }
+    for (int64_t i = 0; i < n; i++) {
+        const float *restrict zr = z + i * c;
+        for (int64_t j = 0; j < c; j++) mean[j] += zr[j];
+    }
+    for (int64_t j = 0; j < c; j++) mean[j] *= inv_n;
+    for (int64_t i = 0; i < n; i++) {
+        const float *restrict zr = z + i * c;
+        for (int64_t j = 0; j < c; j++) { const float d = zr[j] - mean[j]; invstd[j] += d * d; }
+    }
+    const double unbiased = (double)n / (double)(n - 1);
+    float a[c];
+    for (int64_t j = 0; j < c; j++) {
+        const float var = invstd[j] * inv_n;
+        running_mean[j] = (float)((1.0 - momentum) * running_mean[j] + momentum * mean[j]);
+        running_var[j] = (float)((1.0 - momentum) * running_var[j] + momentum * var * unbiased);
+        invstd[j] = 1.0f / sqrtf(var + (float)eps);
+        a[j] = gamma[j] * invstd[j];
+        b[j] = beta[j] - mean[j] * a[j];
+    }
+    for (int64_t i = 0; i < n; i++) {
+        const float *restrict zr = z + i * c;
+        float *restrict yr = y + i * c;
+        if (u) {
+            const uint16_t *restrict ur = u + i * c;
+            for (int64_t j = 0; j < c; j++) {
+                const float v = zr[j] * a[j] + b[j];
+                const float m = ur[j] >= (uint16_t)level ? scale : 0.f;
+                yr[j] = (v <= 0.f ? 0.f : v) * m;
+            }
+        } else {
+            for (int64_t j = 0; j < c; j++) { const float v = zr[j] * a[j] + b[j]; yr[j] = v <= 0.f ? 0.f : v; }
+        }
+    }
+}
+
+/*
+ * The gradients of bn_relu_drop_fwd, from gy = dL/dy, the input z, the output y and the stats:
+ *   g_ij = gy_ij * scale where y_ij > 0 (or NaN), else 0   (through dropout and ReLU)
+ *   dbeta_j = sum_i g_ij,  dgamma_j = sum_i g_ij xhat_ij,  xhat_ij = (z_ij - mean_j) invstd_j
+ *   gz_ij = gamma_j invstd_j (g_ij - dbeta_j / n - xhat_ij dgamma_j / n)
+ */
+KERNEL
+void bn_relu_drop_bwd(const float *restrict gy, const float *restrict z, const float *restrict y, int64_t n,
+                      int64_t c, const float *restrict gamma, const float *restrict stats, float scale,
+                      float *restrict gz, float *restrict dgamma, float *restrict dbeta)
+{
+    const float *restrict mean = stats, *restrict invstd = stats + c;
+    const float inv_n = 1.0f / (float)n;
+    float sum_gd[c];  /* sum_i g_ij (z_ij - mean_j) */
+    for (int64_t j = 0; j < c; j++) { sum_gd[j] = 0.f; dbeta[j] = 0.f; }
+    for (int64_t i = 0; i < n; i++) {
+        const float *restrict g = gy + i * c, *restrict zr = z + i * c, *restrict yr = y + i * c;
+        for (int64_t j = 0; j < c; j++) {
+            const float gs = g[j] * scale;
+            const float ga = yr[j] <= 0.f ? 0.f : gs;
+            dbeta[j] += ga;
+            sum_gd[j] += ga * (zr[j] - mean[j]);
+        }
+    }
+    float k[c], kb[c], kx[c];
+    for (int64_t j = 0; j < c; j++) {
+        dgamma[j] = sum_gd[j] * invstd[j];
+        k[j] = gamma[j] * invstd[j];
+        kb[j] = dbeta[j] * inv_n;
+        kx[j] = dgamma[j] * inv_n * invstd[j];  /* xhat dgamma / n = (z - mean) kx */
+    }
+    for (int64_t i = 0; i < n; i++) {
+        const float *restrict g = gy + i * c, *restrict zr = z + i * c, *restrict yr = y + i * c;
+        float *restrict o = gz + i * c;
+        for (int64_t j = 0; j < c; j++) {
+            const float gs = g[j] * scale;
+            const float ga = yr[j] <= 0.f ? 0.f : gs;
+            o[j] = k[j] * (ga - kb[j] - (zr[j] - mean[j]) * kx[j]);
+        }
+    }
+}
+
+/* y = max(h, 0) * m over `count` elements (m from u as above; u == NULL: no dropout) */
+KERNEL
+void relu_drop_fwd(const float *restrict h, float *restrict y, int64_t count,
+                   const uint16_t *restrict u, int32_t level, float scale)
+{
+    for (int64_t i = 0; i < count; i++) {
+        const float m = u[i] >= (uint16_t)level ? scale : 0.f;
+        y[i] = (h[i] <= 0.f ? 0.f : h[i]) * m;
+    }
+}
+
+/* gh = gy * scale where y > 0 (or NaN, as PyTorch's ReLU backward), else 0 */
+KERNEL
+void relu_drop_bwd(const float *restrict gy, const float *restrict y, int64_t count, float scale,
+                   float *restrict gh)
+{
+    for (int64_t i = 0; i < count; i++) {
+        const float gs = gy[i] * scale;
+        gh[i] = y[i] <= 0.f ? 0.f : gs;
+    }
+}
