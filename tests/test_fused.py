@@ -111,6 +111,21 @@ def test_training_with_batchnorm_agrees_with_the_eager_path(kernels_mode: pytest
 
 
 @needs_compiler
+@pytest.mark.parametrize("count", [0, 1, 3, 4, 7, 8192, 8195])
+def test_the_c_pcg64_draws_numpys_words(count: int) -> None:
+    """pcg64_fill continues a numpy PCG64 exactly: the same words, and numpy continues from its state."""
+    lib = fused.kernels()
+    assert fused.pcg64_words_match(lib)
+    ours, theirs = (np.random.Generator(np.random.PCG64(np.random.SeedSequence([7, count]))) for _ in range(2))
+    ours.random(3), theirs.random(3)  # mid-stream, after draws of its own
+    words = np.empty(count, dtype=np.uint64)
+    lib.pcg64_fill(ours.bit_generator.ctypes.state_address, words.ctypes.data, count)
+    assert np.array_equal(words, theirs.bit_generator.random_raw(count))
+    assert ours.bit_generator.state == theirs.bit_generator.state
+    assert ours.random() == theirs.random()
+
+
+@needs_compiler
 def test_eval_and_slices_run_the_layers_themselves() -> None:
     """A slice such as model[:-1] is a new container in training mode; its layers decide."""
     model = build_mlp(MLPConfig(hidden_sizes=(8,), norm="batchnorm", dropout=0.5), n_features=4, n_outputs=2)

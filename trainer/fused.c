@@ -144,3 +144,47 @@ void relu_drop_bwd(const float *restrict gy, const float *restrict y, int64_t co
         gh[i] = y[i] <= 0.f ? 0.f : gs;
     }
 }
+
+/*
+ * numpy's PCG64 (XSL-RR 128/64), drawn in place of Generator.bit_generator.random_raw(n): the same
+ * words and the same state afterwards, read and written through the bit generator's own state
+ * (`bit_generator.ctypes.state_address`, numpy's `pcg64_state`). Four interleaved lanes, each
+ * advanced four steps at a time (s <- s M^4 + inc (M^3 + M^2 + M + 1)), keep the multiplier busy
+ * where numpy's loop waits on one 128-bit multiplication after another. trainer/fused.py checks
+ * the words against numpy's once per process before using this (pcg64_words_match there).
+ */
+#if defined(__SIZEOF_INT128__)
+typedef __uint128_t u128;
+struct pcg64_random { u128 state; u128 inc; };
+struct numpy_pcg64_state { struct pcg64_random *pcg_state; int has_uint32; uint32_t uinteger; };
+
+static inline uint64_t xsl_rr(u128 s)
+{
+    const uint64_t x = (uint64_t)(s >> 64) ^ (uint64_t)s;
+    const unsigned rot = (unsigned)(s >> 122);
+    return (x >> rot) | (x << ((-rot) & 63u));
+}
+
+int pcg64_available(void) { return 1; }
+
+void pcg64_fill(void *state_address, uint64_t *restrict out, int64_t n)
+{
+    struct pcg64_random *rng = ((struct numpy_pcg64_state *)state_address)->pcg_state;
+    const u128 m = ((u128)2549297995355413924ULL << 64) + 4865540595714422341ULL, inc = rng->inc;
+    const u128 m2 = m * m, m4 = m2 * m2, c4 = inc * (m2 * m + m2 + m + 1);
+    u128 last = rng->state;
+    u128 l0 = last * m + inc, l1 = l0 * m + inc, l2 = l1 * m + inc, l3 = l2 * m + inc;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        out[i] = xsl_rr(l0); out[i + 1] = xsl_rr(l1); out[i + 2] = xsl_rr(l2); out[i + 3] = xsl_rr(l3);
+        last = l3;
+        l0 = l0 * m4 + c4; l1 = l1 * m4 + c4; l2 = l2 * m4 + c4; l3 = l3 * m4 + c4;
+    }
+    const u128 lanes[4] = {l0, l1, l2, l3};
+    for (int64_t j = 0; i < n; i++, j++) { out[i] = xsl_rr(lanes[j]); last = lanes[j]; }
+    rng->state = last;
+}
+#else
+int pcg64_available(void) { return 0; }
+void pcg64_fill(void *state_address, uint64_t *out, int64_t n) { (void)state_address; (void)out; (void)n; }
+#endif

@@ -41,6 +41,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Optional
@@ -59,12 +60,15 @@ MODES = ("auto", "fused", "eager")
 Mode = Literal["auto", "fused", "eager"]
 
 _MASK_WORDS = np.dtype("<u2")
+_LITTLE_ENDIAN = sys.byteorder == "little"  # the kernels read the mask words natively, numpy's as "<u2"
 _P, _I64, _I32, _F32, _F64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float, ctypes.c_double
 _SIGNATURES = {
     "bn_relu_drop_fwd": [_P, _P, _I64, _I64, _P, _P, _P, _P, _P, _F64, _F64, _P, _I32, _F32, _P],
     "bn_relu_drop_bwd": [_P, _P, _P, _I64, _I64, _P, _P, _F32, _P, _P, _P],
     "relu_drop_fwd": [_P, _P, _I64, _P, _I32, _F32],
     "relu_drop_bwd": [_P, _P, _I64, _F32, _P],
+    "pcg64_fill": [_P, _P, _I64],
+    "pcg64_available": [],
 }
 
 
@@ -142,12 +146,30 @@ def _load(path: Path) -> ctypes.CDLL:
     for name, argtypes in _SIGNATURES.items():
         function = getattr(lib, name)
         function.argtypes = argtypes
-        function.restype = None
+        function.restype = ctypes.c_int if name == "pcg64_available" else None
     return lib
+
+
+def pcg64_words_match(lib: ctypes.CDLL) -> bool:
+    """Whether ``pcg64_fill`` draws numpy's PCG64 words and leaves its state as numpy would.
+
+    It writes numpy's private state struct, so it is checked against this numpy once, on
+    throw-away generators, for word counts around its four-lane unrolling.
+    """
+    if not lib.pcg64_available():
+        return False
+    for count in (0, 1, 5, 4099):
+        ours, theirs = (np.random.PCG64(np.random.SeedSequence([count, 12345])) for _ in range(2))
+        words = np.empty(count, dtype=np.uint64)
+        lib.pcg64_fill(ours.ctypes.state_address, words.ctypes.data, count)
+        if not np.array_equal(words, theirs.random_raw(count)) or ours.state != theirs.state:
+            return False
+    return True
 
 
 _lib: Optional[ctypes.CDLL] = None
 _status: Optional[str] = None
+_pcg64_in_c = False  # pcg64_fill checked against this numpy
 
 
 def kernels() -> Optional[ctypes.CDLL]:
@@ -156,7 +178,7 @@ def kernels() -> Optional[ctypes.CDLL]:
     In ``auto`` mode a failed build is logged once (with its reason) and gives None; in ``fused``
     mode it raises :class:`KernelBuildError`.
     """
-    global _lib, _status
+    global _lib, _status, _pcg64_in_c
     if _status is not None:
         return _lib
     chosen = mode()
@@ -165,6 +187,9 @@ def kernels() -> Optional[ctypes.CDLL]:
         return None
     try:
         _lib = _load(build())
+        _pcg64_in_c = pcg64_words_match(_lib)
+        if not _pcg64_in_c:
+            logger.info("the fused kernels' PCG64 differs from numpy %s: masks drawn by numpy", np.__version__)
         _status = "fused"
     except KernelBuildError as error:
         if chosen == "fused":  # raised on every call: never a silent fall-back
@@ -183,21 +208,27 @@ def status() -> str:
 
 def reset() -> None:
     """Forget the loaded kernels and the mode (tests; after changing ``TRAINER_KERNELS``)."""
-    global _lib, _status
-    _lib, _status = None, None
+    global _lib, _status, _pcg64_in_c
+    _lib, _status, _pcg64_in_c = None, None, False
 
 
 def usable(x: torch.Tensor) -> bool:
-    """Whether a training pass on ``x`` can take the fused path (CPU, float32, 2-D)."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2 and kernels() is not None
+    """Whether a training pass on ``x`` can take the fused path (CPU, float32, 2-D, little-endian)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2 and _LITTLE_ENDIAN
+            and kernels() is not None)
 
 
 def _mask_words(dropout: Optional[InvertedDropout], count: int) -> tuple[Optional[torch.Tensor], int, float]:
     """The dropout layer's next ``count`` 16-bit words (the same draw as InvertedDropout.mask)."""
     if dropout is None or dropout.drop_level == 0:
         return None, 0, 1.0
-    words = dropout.generator.bit_generator.random_raw((count + 3) // 4).astype("<u8", copy=False)
-    return torch.from_numpy(words.view(_MASK_WORDS)), dropout.drop_level, float(dropout.scale)
+    bits = dropout.generator.bit_generator
+    if _pcg64_in_c and type(bits) is np.random.PCG64:
+        words = torch.empty((count + 3) // 4, dtype=torch.int64)
+        _lib.pcg64_fill(bits.ctypes.state_address, words.data_ptr(), words.numel())  # type: ignore[union-attr]
+        return words, dropout.drop_level, float(dropout.scale)
+    raw = bits.random_raw((count + 3) // 4).astype("<u8", copy=False)
+    return torch.from_numpy(raw.view(_MASK_WORDS)), dropout.drop_level, float(dropout.scale)
 
 
 class _BatchNormReLUDropout(torch.autograd.Function):
