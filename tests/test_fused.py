@@ -30,57 +30,91 @@ def kernels_mode(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch
     fused.reset()
 
 
-def _tail(dropout: float, seed: int = 3) -> tuple[BatchNorm, nn.ReLU, InvertedDropout]:
-    bn = BatchNorm(6, momentum=0.3)
-    with torch.no_grad():
-        bn.weight.copy_(torch.linspace(0.5, 1.5, 6))
-        bn.bias.copy_(torch.linspace(-0.2, 0.3, 6))
-    return bn, nn.ReLU(), InvertedDropout(dropout, np.random.Generator(np.random.PCG64(seed)))
+def _layer(norm: bool, dropout: float, seed: int = 3) -> tuple[nn.Module, ...]:
+    """Linear -> [BatchNorm] -> ReLU -> [InvertedDropout], as build_mlp makes them (no bias before batch norm)."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Linear(5, 6, bias=not norm)]
+    if norm:
+        bn = BatchNorm(6, momentum=0.3)
+        with torch.no_grad():
+            bn.weight.copy_(torch.linspace(0.5, 1.5, 6))
+            bn.bias.copy_(torch.linspace(-0.2, 0.3, 6))
+        layers.append(bn)
+    layers.append(nn.ReLU())
+    if dropout:
+        layers.append(InvertedDropout(dropout, np.random.Generator(np.random.PCG64(seed))))
+    return tuple(layers)
 
 
-def _run(model: nn.Module, z: torch.Tensor, gy: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    z = z.clone().requires_grad_(True)
-    y = model(z)
+def _run(model: nn.Module, x: torch.Tensor, gy: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    x = x.clone().requires_grad_(True)
+    for p in model.parameters():
+        p.grad = None
+    y = model(x)
     y.backward(gy)
-    return y.detach(), [z.grad, *(p.grad for p in model.parameters())]
+    return y.detach(), [x.grad, *(p.grad for p in model.parameters())]
 
 
 @needs_compiler
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_batchnorm_relu_dropout_matches_the_eager_layers(dropout: float) -> None:
+def test_batchnorm_layer_matches_the_eager_layers(dropout: float) -> None:
     g = torch.Generator().manual_seed(0)
-    z, gy = 2 + 3 * torch.randn(32, 6, generator=g), torch.randn(32, 6, generator=g)
-    layers = _tail(dropout) if dropout else _tail(dropout)[:2]
+    x, gy = 2 + 3 * torch.randn(32, 5, generator=g), torch.randn(32, 6, generator=g)
+    layers = _layer(norm=True, dropout=dropout)
     eager, ours = nn.Sequential(*copy.deepcopy(layers)), MLP(*copy.deepcopy(layers))
-    assert [kind for kind, _ in ours._plan()] == ["bn_relu_drop"]
+    assert ours._plan() == [tuple(ours)]  # one fused step
     for _ in range(3):  # running averages and mask streams over several steps
-        y_eager, grads_eager = _run(eager, z, gy)
-        y_ours, grads_ours = _run(ours, z, gy)
+        y_eager, grads_eager = _run(eager, x, gy)
+        y_ours, grads_ours = _run(ours, x, gy)
         assert torch.allclose(y_ours, y_eager, atol=1e-6, rtol=1e-5)
         assert ((y_ours == 0) == (y_eager == 0)).all()  # the same units dropped or cut by the ReLU
+        assert len(grads_ours) == 4  # input, weight, gamma, beta
         for a, b in zip(grads_ours, grads_eager):
-            assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
     for name in ("running_mean", "running_var"):
-        assert torch.allclose(getattr(ours[0], name), getattr(eager[0], name), atol=1e-6, rtol=1e-5)
-    assert int(ours[0].num_batches_tracked) == int(eager[0].num_batches_tracked) == 3
+        assert torch.allclose(getattr(ours[1], name), getattr(eager[1], name), atol=1e-6, rtol=1e-5)
+    assert int(ours[1].num_batches_tracked) == int(eager[1].num_batches_tracked) == 3
     if dropout:  # the same words drawn: the generators stand at the same state
-        assert ours[2].generator.bit_generator.state == eager[2].generator.bit_generator.state
+        assert ours[3].generator.bit_generator.state == eager[3].generator.bit_generator.state
 
 
 @needs_compiler
-def test_relu_dropout_is_bit_identical_to_the_eager_layers() -> None:
+def test_dropout_layer_is_bit_identical_to_the_eager_layers() -> None:
     g = torch.Generator().manual_seed(2)
-    h, gy = torch.randn(64, 10, generator=g), torch.randn(64, 10, generator=g)
-    h[0, :3] = torch.tensor([0.0, -0.0, float("nan")])
-    layers = (nn.ReLU(), InvertedDropout(0.4, np.random.Generator(np.random.PCG64(9))))
+    x, gy = torch.randn(64, 5, generator=g), torch.randn(64, 6, generator=g)
+    layers = _layer(norm=False, dropout=0.4)
     eager, ours = nn.Sequential(*copy.deepcopy(layers)), MLP(*copy.deepcopy(layers))
-    assert [kind for kind, _ in ours._plan()] == ["relu_drop"]
+    assert ours._plan() == [tuple(ours)]
     for _ in range(2):
-        y_eager, (g_eager,) = _run(eager, h, gy)
-        y_ours, (g_ours,) = _run(ours, h, gy)
-        assert torch.equal(y_ours.isnan(), y_eager.isnan()) and y_ours.isnan().any()  # a NaN stays visible
-        assert torch.equal(y_ours.nan_to_num(), y_eager.nan_to_num())
-        assert torch.equal(g_ours[1:], g_eager[1:])  # (a dropped NaN's gradient is NaN-land either way)
+        y_eager, grads_eager = _run(eager, x, gy)
+        y_ours, grads_ours = _run(ours, x, gy)
+        assert torch.equal(y_ours, y_eager)
+        assert len(grads_ours) == 3  # input, weight, bias
+        for a, b in zip(grads_ours, grads_eager):
+            assert torch.equal(a, b)
+
+
+@needs_compiler
+def test_a_nan_stays_visible() -> None:
+    """The kernels' ReLU passes NaN on, as PyTorch's does: a diverged layer is not silently zeroed."""
+    layers = _layer(norm=False, dropout=0.4)
+    ours = MLP(*copy.deepcopy(layers))
+    with torch.no_grad():
+        ours[0].weight[0, 0] = float("nan")
+    y = ours(torch.ones(8, 5))
+    eager = nn.Sequential(*copy.deepcopy(layers))
+    with torch.no_grad():
+        eager[0].weight[0, 0] = float("nan")
+    assert torch.equal(y.isnan(), eager(torch.ones(8, 5)).isnan()) and y.isnan().any()
+
+
+@needs_compiler
+def test_plain_layers_are_left_to_pytorch() -> None:
+    model = build_mlp(MLPConfig(hidden_sizes=(8, 8)), n_features=4, n_outputs=2)
+    assert all(len(run) == 1 for run in model._plan())
+    model = build_mlp(MLPConfig(hidden_sizes=(8, 8), residual=True, dropout=0.1), n_features=4, n_outputs=2)
+    assert [len(run) for run in model._plan()] == [3, 1, 1]  # the residual block fuses inside
+    assert [len(run) for run in model[3].block._plan()] == [3]
 
 
 @needs_compiler

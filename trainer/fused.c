@@ -123,11 +123,15 @@ void bn_relu_drop_bwd(const float *restrict gy, const float *restrict z, const f
     }
 }
 
-/* y = max(h, 0) * m over `count` elements (m from u as above; u == NULL: no dropout) */
+/* y = max(h, 0) * m over `count` elements (m from u as above; u == NULL: no dropout, y = max(h, 0)) */
 KERNEL
 void relu_drop_fwd(const float *restrict h, float *restrict y, int64_t count,
                    const uint16_t *restrict u, int32_t level, float scale)
 {
+    if (!u) {
+        for (int64_t i = 0; i < count; i++) y[i] = h[i] <= 0.f ? 0.f : h[i];
+        return;
+    }
     for (int64_t i = 0; i < count; i++) {
         const float m = u[i] >= (uint16_t)level ? scale : 0.f;
         y[i] = (h[i] <= 0.f ? 0.f : h[i]) * m;

@@ -1,14 +1,16 @@
-"""Fused CPU kernels for a hidden layer's tail: batch norm -> ReLU -> dropout, and ReLU -> dropout.
+"""Fused CPU kernels for a regularized hidden layer: Linear -> [batch norm] -> ReLU -> [dropout].
 
 In eager PyTorch each of batch norm, ReLU and the dropout multiplication is its own kernel and its
 own autograd node, forward and backward; on the small tensors of an MLP step (128 x 256) their
-fixed costs, not the arithmetic, make dropout + batch norm cost ~30 % of a plain step. The kernels
-in ``fused.c`` do the whole tail in one pass forward and two backward, under one autograd node.
+fixed costs, not the arithmetic, made dropout + batch norm cost ~35-40 % of a plain step. Here the
+whole layer is one autograd node (:func:`hidden_layer`): PyTorch's matrix products, then the C
+kernels of ``fused.c``, which do batch norm, ReLU and the dropout mask in one pass forward and two
+backward, and draw the mask's random words themselves.
 
-They are plain C with no PyTorch headers: compiled by the system C compiler (``$CC``, else ``cc``)
-in about half a second on first use, cached under :func:`cache_dir` by a hash of the source and
-the flags, and loaded with ctypes. Where there is no compiler, or it fails,
-the trainer runs the eager PyTorch layers instead (logged once); ``TRAINER_KERNELS`` chooses:
+The kernels are plain C with no PyTorch headers: compiled by the system C compiler (``$CC``,
+else ``cc``) in about half a second on first use, cached under :func:`cache_dir` by a hash of the
+source and the flags, and loaded with ctypes. Where there is no compiler, or it fails, the trainer
+runs the eager PyTorch layers instead (logged once); ``TRAINER_KERNELS`` chooses:
 
 - ``auto`` (default): fused where the kernels build, eager otherwise;
 - ``fused``: the kernels are required: a build failure is an error;
@@ -16,20 +18,21 @@ the trainer runs the eager PyTorch layers instead (logged once); ``TRAINER_KERNE
 
 What the fused path changes and what it keeps:
 
-- The dropout masks are the same: the layer's own numpy generator draws the same words
-  (:class:`trainer.model.InvertedDropout`), so a checkpoint's generator state still resumes them.
-- ReLU -> dropout gives bit-identical results to the eager layers.
+- The dropout masks are the same: the layer's own numpy PCG64 generator, advanced by the same
+  words (:class:`trainer.model.InvertedDropout`), so a checkpoint's generator state resumes them.
+- Without batch norm, a layer is bit-identical to the eager modules.
 - Batch norm agrees with ``torch.batch_norm`` to float32 rounding (its own two-pass sums), so a
   run on the fused path and a run on the eager path drift apart over training like runs on two
   machines; each path is deterministic. The path a sweep used is recorded with its environment.
 - Only CPU float32 training passes are fused; evaluation and other devices use PyTorch's layers.
+  A plain ``Linear -> ReLU`` layer is not fused: PyTorch's native nodes beat a Python one there.
 
 Example:
-    >>> import torch
-    >>> from trainer.fused import relu_dropout
-    >>> h = torch.tensor([[-1.0, 2.0]], requires_grad=True)
-    >>> relu_dropout(h, None).tolist()  # no dropout layer: just the ReLU
-    [[0.0, 2.0]]
+    >>> import numpy as np, torch
+    >>> from trainer.model import InvertedDropout
+    >>> linear, dropout = torch.nn.Linear(3, 4), InvertedDropout(0.5, np.random.Generator(np.random.PCG64(0)))
+    >>> hidden_layer(torch.ones(2, 3), linear, None, dropout).shape
+    torch.Size([2, 4])
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from typing import TYPE_CHECKING, Literal, Optional
 
 import numpy as np
 import torch
+from torch import nn
 
 if TYPE_CHECKING:
     from trainer.model import BatchNorm, InvertedDropout
@@ -231,75 +235,73 @@ def _mask_words(dropout: Optional[InvertedDropout], count: int) -> tuple[Optiona
     return torch.from_numpy(raw.view(_MASK_WORDS)), dropout.drop_level, float(dropout.scale)
 
 
-class _BatchNormReLUDropout(torch.autograd.Function):
+class _HiddenLayer(torch.autograd.Function):
+    """x -> Linear -> [batch norm] -> ReLU -> [dropout], forward and backward, as one autograd node.
+
+    The matrix products are PyTorch's, called as its Linear layer calls them (``addmm`` / ``mm``
+    forward; ``gz W`` and ``gz^T x`` backward, bias ``sum(gz)``), so without batch norm the layer
+    is bit-identical to the eager modules; the rest is the C kernels.
+    """
+
     @staticmethod
-    def forward(ctx, z: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,  # type: ignore[override]
-                bn: BatchNorm, dropout: Optional[InvertedDropout]) -> torch.Tensor:
-        lib = kernels()
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],  # type: ignore[override]
+                gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], bn: Optional[BatchNorm],
+                dropout: Optional[InvertedDropout]) -> torch.Tensor:
+        lib = _lib
         assert lib is not None
-        z = z.contiguous()
+        z = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
         n, c = z.shape
         words, level, scale = _mask_words(dropout, n * c)
+        u = None if words is None else words.data_ptr()
         y = torch.empty_like(z)
-        stats = torch.empty(3 * c)
-        lib.bn_relu_drop_fwd(z.data_ptr(), y.data_ptr(), n, c, gamma.data_ptr(), beta.data_ptr(),
-                             bn.running_mean.data_ptr(), bn.running_var.data_ptr(),
-                             bn.num_batches_tracked.data_ptr(), bn.momentum, bn.eps,
-                             None if words is None else words.data_ptr(), level, scale, stats.data_ptr())
-        ctx.save_for_backward(z, y, gamma, stats)
-        ctx.scale = scale
-        return y
-
-    @staticmethod
-    def backward(ctx, gy: torch.Tensor):  # type: ignore[override]
-        z, y, gamma, stats = ctx.saved_tensors
-        gy = gy.contiguous()
-        n, c = z.shape
-        gz = torch.empty_like(z)
-        dgamma, dbeta = torch.empty(c), torch.empty(c)
-        kernels().bn_relu_drop_bwd(gy.data_ptr(), z.data_ptr(), y.data_ptr(), n, c, gamma.data_ptr(),
-                                   stats.data_ptr(), ctx.scale, gz.data_ptr(), dgamma.data_ptr(), dbeta.data_ptr())
-        return gz, dgamma, dbeta, None, None
-
-
-class _ReLUDropout(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, dropout: Optional[InvertedDropout]) -> torch.Tensor:  # type: ignore[override]
-        lib = kernels()
-        assert lib is not None
-        h = h.contiguous()
-        words, level, scale = _mask_words(dropout, h.numel())
-        if words is None:
-            y = torch.relu(h)
+        if bn is not None:
+            assert gamma is not None and beta is not None
+            stats = torch.empty(3 * c)
+            lib.bn_relu_drop_fwd(z.data_ptr(), y.data_ptr(), n, c, gamma.data_ptr(), beta.data_ptr(),
+                                 bn.running_mean.data_ptr(), bn.running_var.data_ptr(),
+                                 bn.num_batches_tracked.data_ptr(), bn.momentum, bn.eps, u, level, scale,
+                                 stats.data_ptr())
+            ctx.save_for_backward(x, weight, y, z, gamma, stats)
         else:
-            y = torch.empty_like(h)
-            lib.relu_drop_fwd(h.data_ptr(), y.data_ptr(), h.numel(), words.data_ptr(), level, scale)
-        ctx.save_for_backward(y)
-        ctx.scale = scale
+            lib.relu_drop_fwd(z.data_ptr(), y.data_ptr(), z.numel(), u, level, scale)
+            ctx.save_for_backward(x, weight, y)
+        ctx.scale, ctx.has_bias = scale, bias is not None
         return y
 
     @staticmethod
     def backward(ctx, gy: torch.Tensor):  # type: ignore[override]
-        (y,) = ctx.saved_tensors
+        lib = _lib
+        assert lib is not None
         gy = gy.contiguous()
-        gh = torch.empty_like(y)
-        kernels().relu_drop_bwd(gy.data_ptr(), y.data_ptr(), y.numel(), ctx.scale, gh.data_ptr())
-        return gh, None
+        x, weight, y, *norm = ctx.saved_tensors
+        gz = torch.empty_like(y)
+        dgamma = dbeta = None
+        if norm:
+            z, gamma, stats = norm
+            n, c = z.shape
+            dgamma, dbeta = torch.empty(c), torch.empty(c)
+            lib.bn_relu_drop_bwd(gy.data_ptr(), z.data_ptr(), y.data_ptr(), n, c, gamma.data_ptr(), stats.data_ptr(),
+                                 ctx.scale, gz.data_ptr(), dgamma.data_ptr(), dbeta.data_ptr())
+        else:
+            lib.relu_drop_bwd(gy.data_ptr(), y.data_ptr(), y.numel(), ctx.scale, gz.data_ptr())
+        needs = ctx.needs_input_grad
+        gx = torch.mm(gz, weight) if needs[0] else None
+        gw = torch.mm(gz.t(), x) if needs[1] else None
+        gb = gz.sum(0) if ctx.has_bias and needs[2] else None
+        return gx, gw, gb, dgamma, dbeta, None, None
 
 
-def batchnorm_relu_dropout(z: torch.Tensor, bn: BatchNorm, dropout: Optional[InvertedDropout]) -> torch.Tensor:
-    """dropout(relu(bn(z))) in training mode, in one autograd node (``dropout`` None: no dropout).
+def hidden_layer(x: torch.Tensor, linear: nn.Linear, bn: Optional[BatchNorm],
+                 dropout: Optional[InvertedDropout]) -> torch.Tensor:
+    """dropout(relu(bn(linear(x)))) in training mode, in one autograd node (None: no such layer).
 
-    Needs :func:`usable` (z) and a batch of at least 2; updates ``bn``'s running averages and
-    draws ``dropout``'s mask from its generator, as the three eager layers would.
+    Needs :func:`usable` (x). Updates ``bn``'s running averages and draws ``dropout``'s mask from
+    its generator, as the eager layers would.
     """
-    if z.shape[0] < 2:
-        raise ValueError(f"batch norm in training needs a (batch >= 2, features) input, got shape {tuple(z.shape)}")
-    if bn.momentum is None or not math.isfinite(bn.momentum):
-        raise ValueError(f"fused batch norm needs a numeric momentum, got {bn.momentum!r}")
-    return _BatchNormReLUDropout.apply(z, bn.weight, bn.bias, bn, dropout)
-
-
-def relu_dropout(h: torch.Tensor, dropout: Optional[InvertedDropout]) -> torch.Tensor:
-    """dropout(relu(h)) in training mode, in one autograd node; bit-identical to the eager layers."""
-    return _ReLUDropout.apply(h, dropout)
+    if bn is not None:
+        if x.shape[0] < 2:
+            raise ValueError(f"batch norm in training needs a (batch >= 2, features) input, got shape {tuple(x.shape)}")
+        if bn.momentum is None or not math.isfinite(bn.momentum):
+            raise ValueError(f"fused batch norm needs a numeric momentum, got {bn.momentum!r}")
+        return _HiddenLayer.apply(x, linear.weight, linear.bias, bn.weight, bn.bias, bn, dropout)
+    return _HiddenLayer.apply(x, linear.weight, linear.bias, None, None, None, dropout)

@@ -127,14 +127,13 @@ class BatchNorm(nn.BatchNorm1d):
 
 
 class MLP(nn.Sequential):
-    """``nn.Sequential`` that runs a hidden layer's tail in fused kernels while training.
+    """``nn.Sequential`` that runs a regularized hidden layer in fused kernels while training.
 
     The modules, their parameters, buffers and generators are those of the plain sequence (the
     same ``state_dict`` and checkpoints). In a training pass on a CPU float32 batch, where
-    :mod:`trainer.fused` has its kernels, a run of ``BatchNorm -> ReLU [-> InvertedDropout]`` is
-    one call of :func:`trainer.fused.batchnorm_relu_dropout`, and ``ReLU -> InvertedDropout``
-    one call of :func:`trainer.fused.relu_dropout`; everything else (evaluation too) runs
-    module by module.
+    :mod:`trainer.fused` has its kernels, ``Linear -> BatchNorm -> ReLU [-> InvertedDropout]`` and
+    ``Linear -> ReLU -> InvertedDropout`` are each one call of :func:`trainer.fused.hidden_layer`;
+    everything else (evaluation too) runs module by module.
 
     Example:
         >>> m = MLP(nn.Linear(3, 4), nn.ReLU(), InvertedDropout(0.5), nn.Linear(4, 2))
@@ -142,30 +141,31 @@ class MLP(nn.Sequential):
         torch.Size([1, 2])
     """
 
-    def _plan(self) -> list[tuple[str, tuple[nn.Module, ...]]]:
-        """The forward's steps, each a kind and the run of modules it covers in order.
+    def _plan(self) -> list[tuple[nn.Module, ...]]:
+        """The forward's steps, each a run of modules in order: a fusable hidden layer or one module.
 
-        ("bn_relu_drop", (bn, relu[, dropout])), ("relu_drop", (relu, dropout)) or ("module", (m,)).
+        A hidden layer is fused when it has something to fuse: ``Linear -> BatchNorm -> ReLU
+        [-> InvertedDropout]`` or ``Linear -> ReLU -> InvertedDropout``. A plain ``Linear -> ReLU``
+        stays two modules: PyTorch's own kernels are faster than a Python autograd node there.
         """
         modules = tuple(self._modules.values())
         cached = self.__dict__.get("_cached_plan")
         if cached is not None and cached[0] == modules:
             return cached[1]
-        plan: list[tuple[str, tuple[nn.Module, ...]]] = []
+        plan: list[tuple[nn.Module, ...]] = []
         i = 0
         while i < len(modules):
-            m, after = modules[i], modules[i + 1:i + 3]
-            relu_next = len(after) > 0 and type(after[0]) is nn.ReLU
-            dropout_after_relu = len(after) > 1 and isinstance(after[1], InvertedDropout)
-            if type(m) is BatchNorm and relu_next and m.affine and m.track_running_stats:
-                run = modules[i:i + 3] if dropout_after_relu else modules[i:i + 2]
-                plan.append(("bn_relu_drop", run))
-            elif type(m) is nn.ReLU and len(after) > 0 and isinstance(after[0], InvertedDropout):
-                run = modules[i:i + 2]
-                plan.append(("relu_drop", run))
-            else:
-                run = (m,)
-                plan.append(("module", run))
+            run = modules[i:i + 1]
+            if type(modules[i]) is nn.Linear:
+                j = i + 1
+                bn = j < len(modules) and type(modules[j]) is BatchNorm and modules[j].affine \
+                    and modules[j].track_running_stats
+                j += bn
+                if j < len(modules) and type(modules[j]) is nn.ReLU:
+                    dropout = j + 1 < len(modules) and isinstance(modules[j + 1], InvertedDropout)
+                    if bn or dropout:
+                        run = modules[i:j + 1 + dropout]
+            plan.append(run)
             i += len(run)
         self.__dict__["_cached_plan"] = (modules, plan)
         return plan
@@ -173,15 +173,15 @@ class MLP(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not fused.usable(x):
             return super().forward(x)
-        for kind, run in self._plan():
+        for run in self._plan():
             # a slice such as model[:-1] is a new container in training mode: ask the layers themselves
-            if kind == "module" or not all(m.training for m in run):
+            if len(run) == 1 or not all(m.training for m in run):
                 for m in run:
                     x = m(x)
-            elif kind == "bn_relu_drop":
-                x = fused.batchnorm_relu_dropout(x, run[0], run[2] if len(run) == 3 else None)  # type: ignore[arg-type]
             else:
-                x = fused.relu_dropout(x, run[1])  # type: ignore[arg-type]
+                bn = run[1] if type(run[1]) is BatchNorm else None
+                dropout = run[-1] if isinstance(run[-1], InvertedDropout) else None
+                x = fused.hidden_layer(x, run[0], bn, dropout)  # type: ignore[arg-type]
         return x
 
 
