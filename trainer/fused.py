@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Literal, Optional
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 if TYPE_CHECKING:
     from trainer.model import BatchNorm, InvertedDropout
@@ -269,6 +270,7 @@ class _HiddenLayer(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # the kernels have no backward of their own: a double backward says so
     def backward(ctx, gy: torch.Tensor):  # type: ignore[override]
         lib = _lib
         assert lib is not None
