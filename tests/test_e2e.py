@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from pathlib import Path
@@ -13,7 +14,8 @@ from sweeps.progress import SweepSnapshot
 from sweeps.tune import run_sweep
 from sweeps.validate import load_spec_text
 from tracking import tags
-from trainer import MLPConfig
+from tracking.artifacts import read_text_artifact
+from trainer import MLPConfig, fused
 from trainer.diagnosis import VERDICTS
 
 pytestmark = pytest.mark.slow  # real sweeps through Ray: about a minute together
@@ -65,6 +67,8 @@ def test_parent_run_records_the_sweep(builtin_sweep) -> None:
     assert parent.data.tags[tags.SWEEP_ID] == outcome.sweep_id
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"sweep.yaml", "spec.resolved.yaml", "environment.json"} <= artifacts
+    environment = json.loads(read_text_artifact(client, outcome.parent_run_id, "environment.json") or "{}")
+    assert environment["trainer_kernels"] == fused.status()  # fused, or eager with the reason
     best = client.get_run(parent.data.tags[tags.BEST_RUN])
     assert best.data.tags[tags.TRIAL_ID] == parent.data.tags[tags.BEST_TRIAL]
     assert parent.data.metrics["best_val_accuracy"] == best.data.metrics["val_accuracy"]
