@@ -51,7 +51,8 @@ class InvertedDropout(nn.Module):
     E[h m / (1 - p')] = h holds exactly (up to the float32 rounding of the scale). On CPU this
     draws a 128 x 256 mask about 10x faster than ``torch.rand(...) >= p`` (~35 us against
     ~380 us for mask and scale, one thread); the mask is made on the CPU and copied to ``x``'s
-    device.
+    device. Inside an :class:`MLP` in training, :mod:`trainer.fused` draws the same words from the
+    same generator in C and applies them in its layer kernel: the same masks, the same state.
 
     Args:
         p: the drop probability, 0 <= p < 1.
