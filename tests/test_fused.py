@@ -62,7 +62,7 @@ def test_batchnorm_layer_matches_the_eager_layers(dropout: float) -> None:
     x, gy = 2 + 3 * torch.randn(32, 5, generator=g), torch.randn(32, 6, generator=g)
     layers = _layer(norm=True, dropout=dropout)
     eager, ours = nn.Sequential(*copy.deepcopy(layers)), MLP(*copy.deepcopy(layers))
-    assert ours._plan() == [tuple(ours)]  # one fused step
+    assert [run for _, run in ours._plan()] == [tuple(ours)]  # one fused step
     for _ in range(3):  # running averages and mask streams over several steps
         y_eager, grads_eager = _run(eager, x, gy)
         y_ours, grads_ours = _run(ours, x, gy)
@@ -79,12 +79,30 @@ def test_batchnorm_layer_matches_the_eager_layers(dropout: float) -> None:
 
 
 @needs_compiler
+def test_a_stack_of_layers_matches_the_eager_layers() -> None:
+    """Three hidden layers (batch norm and dropout) in one node: gradients of every parameter."""
+    torch.manual_seed(4)
+    config = MLPConfig(hidden_sizes=(12, 10, 8), norm="batchnorm", dropout=0.25, seed=4)
+    ours = build_mlp(config, n_features=5, n_outputs=3)
+    assert [len(layers) for layers, _ in ours._plan()] == [3, 0]
+    eager = nn.Sequential(*copy.deepcopy(list(ours)))
+    x, gy = torch.randn(40, 5), torch.randn(40, 3)
+    for _ in range(2):
+        y_eager, grads_eager = _run(eager, x, gy)
+        y_ours, grads_ours = _run(ours, x, gy)
+        assert torch.allclose(y_ours, y_eager, atol=1e-5, rtol=1e-4)
+        assert len(grads_ours) == len(grads_eager) == 1 + len(list(ours.parameters()))
+        for a, b in zip(grads_ours, grads_eager):
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+@needs_compiler
 def test_dropout_layer_is_bit_identical_to_the_eager_layers() -> None:
     g = torch.Generator().manual_seed(2)
     x, gy = torch.randn(64, 5, generator=g), torch.randn(64, 6, generator=g)
     layers = _layer(norm=False, dropout=0.4)
     eager, ours = nn.Sequential(*copy.deepcopy(layers)), MLP(*copy.deepcopy(layers))
-    assert ours._plan() == [tuple(ours)]
+    assert [run for _, run in ours._plan()] == [tuple(ours)]
     for _ in range(2):
         y_eager, grads_eager = _run(eager, x, gy)
         y_ours, grads_ours = _run(ours, x, gy)
@@ -111,10 +129,12 @@ def test_a_nan_stays_visible() -> None:
 @needs_compiler
 def test_plain_layers_are_left_to_pytorch() -> None:
     model = build_mlp(MLPConfig(hidden_sizes=(8, 8)), n_features=4, n_outputs=2)
-    assert all(len(run) == 1 for run in model._plan())
+    assert all(not layers and len(run) == 1 for layers, run in model._plan())
+    model = build_mlp(MLPConfig(hidden_sizes=(8, 8, 8), norm="batchnorm"), n_features=4, n_outputs=2)
+    assert [(len(layers), len(run)) for layers, run in model._plan()] == [(3, 9), (0, 1)]  # one stack
     model = build_mlp(MLPConfig(hidden_sizes=(8, 8), residual=True, dropout=0.1), n_features=4, n_outputs=2)
-    assert [len(run) for run in model._plan()] == [3, 1, 1]  # the residual block fuses inside
-    assert [len(run) for run in model[3].block._plan()] == [3]
+    assert [len(run) for _, run in model._plan()] == [3, 1, 1]  # the residual block fuses inside
+    assert [len(run) for _, run in model[3].block._plan()] == [3]
 
 
 @needs_compiler
@@ -227,3 +247,13 @@ def test_a_bad_mode_names_the_variable(kernels_mode: pytest.MonkeyPatch) -> None
 def test_this_machine_builds_the_kernels() -> None:
     """Where a compiler exists, auto mode must end up fused (a silent fall-back would hide a broken build)."""
     assert fused.status() == "fused"
+
+
+@needs_compiler
+def test_doctests() -> None:
+    import doctest
+
+    from trainer import model
+
+    assert doctest.testmod(fused, raise_on_error=False).failed == 0
+    assert doctest.testmod(model, raise_on_error=False).failed == 0

@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, Optional
 
 import numpy as np
@@ -236,74 +237,113 @@ def _mask_words(dropout: Optional[InvertedDropout], count: int) -> tuple[Optiona
     return torch.from_numpy(raw.view(_MASK_WORDS)), dropout.drop_level, float(dropout.scale)
 
 
-class _HiddenLayer(torch.autograd.Function):
-    """x -> Linear -> [batch norm] -> ReLU -> [dropout], forward and backward, as one autograd node.
+Layer = tuple[nn.Linear, Optional["BatchNorm"], Optional["InvertedDropout"]]
 
-    The matrix products are PyTorch's, called as its Linear layer calls them (``addmm`` / ``mm``
-    forward; ``gz W`` and ``gz^T x`` backward, bias ``sum(gz)``), so without batch norm the layer
-    is bit-identical to the eager modules; the rest is the C kernels.
+
+class _HiddenStack(torch.autograd.Function):
+    """Consecutive hidden layers x -> Linear -> [batch norm] -> ReLU -> [dropout], as one autograd node.
+
+    One node for the whole stack: a Python autograd node costs more than PyTorch's native ones,
+    so it is paid once per pass, not once per layer. The matrix products are PyTorch's, called as
+    its Linear layer calls them (``addmm`` / ``mm`` forward; ``gz W`` and ``gz^T x`` backward,
+    bias ``sum(gz)``), so layers without batch norm are bit-identical to the eager modules; the
+    rest is the C kernels. ``params`` holds each layer's weight, bias, gamma and beta (None where
+    absent), so that autograd hands their gradients back.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],  # type: ignore[override]
-                gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], bn: Optional[BatchNorm],
-                dropout: Optional[InvertedDropout]) -> torch.Tensor:
-        lib = _lib
-        assert lib is not None
-        z = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
-        n, c = z.shape
-        words, level, scale = _mask_words(dropout, n * c)
-        u = None if words is None else words.data_ptr()
-        y = torch.empty_like(z)
-        if bn is not None:
-            assert gamma is not None and beta is not None
-            stats = torch.empty(3 * c)
-            lib.bn_relu_drop_fwd(z.data_ptr(), y.data_ptr(), n, c, gamma.data_ptr(), beta.data_ptr(),
-                                 bn.running_mean.data_ptr(), bn.running_var.data_ptr(),
-                                 bn.num_batches_tracked.data_ptr(), bn.momentum, bn.eps, u, level, scale,
-                                 stats.data_ptr())
-            ctx.save_for_backward(x, weight, y, z, gamma, stats)
-        else:
-            lib.relu_drop_fwd(z.data_ptr(), y.data_ptr(), z.numel(), u, level, scale)
-            ctx.save_for_backward(x, weight, y)
-        ctx.scale, ctx.has_bias = scale, bias is not None
-        return y
+    def forward(ctx, x: torch.Tensor, layers: tuple[tuple[Optional[BatchNorm], Optional[InvertedDropout]], ...],  # type: ignore[override]
+                *params: Optional[torch.Tensor]) -> torch.Tensor:
+        lib = kernels()
+        if lib is None:
+            raise RuntimeError(f"the fused kernels are not in use here: {status()}")
+        saved: list[torch.Tensor] = []
+        scales: list[float] = []
+        h = x
+        for index, (bn, dropout) in enumerate(layers):
+            weight, bias, gamma, beta = params[4 * index:4 * index + 4]
+            assert weight is not None
+            z = torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())
+            n, c = z.shape
+            words, level, scale = _mask_words(dropout, n * c)
+            u = None if words is None else words.data_ptr()
+            y = torch.empty_like(z)
+            if bn is not None:
+                assert gamma is not None and beta is not None
+                stats = torch.empty(3 * c)
+                lib.bn_relu_drop_fwd(z.data_ptr(), y.data_ptr(), n, c, gamma.data_ptr(), beta.data_ptr(),
+                                     bn.running_mean.data_ptr(), bn.running_var.data_ptr(),
+                                     bn.num_batches_tracked.data_ptr(), bn.momentum, bn.eps, u, level, scale,
+                                     stats.data_ptr())
+                saved += [h, weight, z, gamma, stats]
+            else:
+                lib.relu_drop_fwd(z.data_ptr(), y.data_ptr(), z.numel(), u, level, scale)
+                saved += [h, weight]
+            scales.append(scale)
+            h = y
+        saved.append(h)
+        ctx.save_for_backward(*saved)
+        ctx.layout = tuple((bn is not None, params[4 * i + 1] is not None) for i, (bn, _) in enumerate(layers))
+        ctx.scales = scales
+        return h
 
     @staticmethod
     @once_differentiable  # the kernels have no backward of their own: a double backward says so
     def backward(ctx, gy: torch.Tensor):  # type: ignore[override]
         lib = _lib
         assert lib is not None
-        gy = gy.contiguous()
-        x, weight, y, *norm = ctx.saved_tensors
-        gz = torch.empty_like(y)
-        dgamma = dbeta = None
-        if norm:
-            z, gamma, stats = norm
-            n, c = z.shape
-            dgamma, dbeta = torch.empty(c), torch.empty(c)
-            lib.bn_relu_drop_bwd(gy.data_ptr(), z.data_ptr(), y.data_ptr(), n, c, gamma.data_ptr(), stats.data_ptr(),
-                                 ctx.scale, gz.data_ptr(), dgamma.data_ptr(), dbeta.data_ptr())
-        else:
-            lib.relu_drop_bwd(gy.data_ptr(), y.data_ptr(), y.numel(), ctx.scale, gz.data_ptr())
+        saved = list(ctx.saved_tensors)
+        y = saved.pop()
         needs = ctx.needs_input_grad
-        gx = torch.mm(gz, weight) if needs[0] else None
-        gw = torch.mm(gz.t(), x) if needs[1] else None
-        gb = gz.sum(0) if ctx.has_bias and needs[2] else None
-        return gx, gw, gb, dgamma, dbeta, None, None
+        grads: list[Optional[torch.Tensor]] = [None] * (len(needs) - 2)
+        g = gy.contiguous()
+        for index in range(len(ctx.layout) - 1, -1, -1):
+            norm, has_bias = ctx.layout[index]
+            scale = ctx.scales[index]
+            gz = torch.empty_like(y)
+            if norm:
+                h, weight, z, gamma, stats = saved[-5:]
+                del saved[-5:]
+                n, c = z.shape
+                dgamma, dbeta = torch.empty(c), torch.empty(c)
+                lib.bn_relu_drop_bwd(g.data_ptr(), z.data_ptr(), y.data_ptr(), n, c, gamma.data_ptr(),
+                                     stats.data_ptr(), scale, gz.data_ptr(), dgamma.data_ptr(), dbeta.data_ptr())
+                grads[4 * index + 2], grads[4 * index + 3] = dgamma, dbeta
+            else:
+                h, weight = saved[-2:]
+                del saved[-2:]
+                lib.relu_drop_bwd(g.data_ptr(), y.data_ptr(), y.numel(), scale, gz.data_ptr())
+            if needs[2 + 4 * index]:
+                grads[4 * index] = torch.mm(gz.t(), h)
+            if has_bias and needs[3 + 4 * index]:
+                grads[4 * index + 1] = gz.sum(0)
+            if index > 0 or needs[0]:
+                g = torch.mm(gz, weight)
+            y = h
+        return (g if needs[0] else None), None, *grads
+
+
+def hidden_stack(x: torch.Tensor, layers: Sequence[Layer]) -> torch.Tensor:
+    """Hidden layers ``dropout(relu(bn(linear(.))))`` one after another, in one autograd node.
+
+    Each layer is (linear, bn or None, dropout or None). In training mode, on a tensor that
+    :func:`usable` accepts. Updates each ``bn``'s running averages and draws each ``dropout``'s
+    mask from its generator, as the eager layers would.
+    """
+    params: list[Optional[torch.Tensor]] = []
+    for linear, bn, _ in layers:
+        if bn is not None:
+            if x.shape[0] < 2:
+                raise ValueError(f"batch norm in training needs a (batch >= 2, features) input, got shape {tuple(x.shape)}")
+            if bn.momentum is None or not math.isfinite(bn.momentum):
+                raise ValueError(f"fused batch norm needs a numeric momentum, got {bn.momentum!r}")
+            params += [linear.weight, linear.bias, bn.weight, bn.bias]
+        else:
+            params += [linear.weight, linear.bias, None, None]
+    return _HiddenStack.apply(x, tuple((bn, dropout) for _, bn, dropout in layers), *params)
 
 
 def hidden_layer(x: torch.Tensor, linear: nn.Linear, bn: Optional[BatchNorm],
                  dropout: Optional[InvertedDropout]) -> torch.Tensor:
-    """dropout(relu(bn(linear(x)))) in training mode, in one autograd node (None: no such layer).
-
-    Needs :func:`usable` (x). Updates ``bn``'s running averages and draws ``dropout``'s mask from
-    its generator, as the eager layers would.
-    """
-    if bn is not None:
-        if x.shape[0] < 2:
-            raise ValueError(f"batch norm in training needs a (batch >= 2, features) input, got shape {tuple(x.shape)}")
-        if bn.momentum is None or not math.isfinite(bn.momentum):
-            raise ValueError(f"fused batch norm needs a numeric momentum, got {bn.momentum!r}")
-        return _HiddenLayer.apply(x, linear.weight, linear.bias, bn.weight, bn.bias, bn, dropout)
-    return _HiddenLayer.apply(x, linear.weight, linear.bias, None, None, None, dropout)
+    """dropout(relu(bn(linear(x)))) in training mode, in one autograd node (None: no such layer)."""
+    return hidden_stack(x, [(linear, bn, dropout)])

@@ -132,9 +132,9 @@ class MLP(nn.Sequential):
 
     The modules, their parameters, buffers and generators are those of the plain sequence (the
     same ``state_dict`` and checkpoints). In a training pass on a CPU float32 batch, where
-    :mod:`trainer.fused` has its kernels, ``Linear -> BatchNorm -> ReLU [-> InvertedDropout]`` and
-    ``Linear -> ReLU -> InvertedDropout`` are each one call of :func:`trainer.fused.hidden_layer`;
-    everything else (evaluation too) runs module by module.
+    :mod:`trainer.fused` has its kernels, consecutive hidden layers ``Linear -> BatchNorm -> ReLU
+    [-> InvertedDropout]`` or ``Linear -> ReLU -> InvertedDropout`` are one call of
+    :func:`trainer.fused.hidden_stack`; everything else (evaluation too) runs module by module.
 
     Example:
         >>> m = MLP(nn.Linear(3, 4), nn.ReLU(), InvertedDropout(0.5), nn.Linear(4, 2))
@@ -142,48 +142,61 @@ class MLP(nn.Sequential):
         torch.Size([1, 2])
     """
 
-    def _plan(self) -> list[tuple[nn.Module, ...]]:
-        """The forward's steps, each a run of modules in order: a fusable hidden layer or one module.
+    def _plan(self) -> list[tuple[list[fused.Layer], tuple[nn.Module, ...]]]:
+        """The forward's steps: (fused layers, the modules they cover), or ([], (module,)).
 
         A hidden layer is fused when it has something to fuse: ``Linear -> BatchNorm -> ReLU
-        [-> InvertedDropout]`` or ``Linear -> ReLU -> InvertedDropout``. A plain ``Linear -> ReLU``
-        stays two modules: PyTorch's own kernels are faster than a Python autograd node there.
+        [-> InvertedDropout]`` or ``Linear -> ReLU -> InvertedDropout``; consecutive fused layers
+        form one step (one autograd node). A plain ``Linear -> ReLU`` stays two modules: PyTorch's
+        native nodes are faster than a Python one there.
         """
         modules = tuple(self._modules.values())
         cached = self.__dict__.get("_cached_plan")
         if cached is not None and cached[0] == modules:
             return cached[1]
-        plan: list[tuple[nn.Module, ...]] = []
+        plan: list[tuple[list[fused.Layer], tuple[nn.Module, ...]]] = []
         i = 0
         while i < len(modules):
-            run = modules[i:i + 1]
-            if type(modules[i]) is nn.Linear:
-                j = i + 1
-                bn = j < len(modules) and type(modules[j]) is BatchNorm and modules[j].affine \
-                    and modules[j].track_running_stats
-                j += bn
-                if j < len(modules) and type(modules[j]) is nn.ReLU:
-                    dropout = j + 1 < len(modules) and isinstance(modules[j + 1], InvertedDropout)
-                    if bn or dropout:
-                        run = modules[i:j + 1 + dropout]
-            plan.append(run)
-            i += len(run)
+            layer, width = _fusable_layer(modules, i)
+            if layer is None:
+                plan.append(([], modules[i:i + 1]))
+            elif plan and plan[-1][0]:  # extends the stack before it
+                plan[-1] = (plan[-1][0] + [layer], plan[-1][1] + modules[i:i + width])
+            else:
+                plan.append(([layer], modules[i:i + width]))
+            i += width
         self.__dict__["_cached_plan"] = (modules, plan)
         return plan
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not fused.usable(x):
             return super().forward(x)
-        for run in self._plan():
+        for layers, run in self._plan():
             # a slice such as model[:-1] is a new container in training mode: ask the layers themselves
-            if len(run) == 1 or not all(m.training for m in run):
+            if not layers or not all(m.training for m in run):
                 for m in run:
                     x = m(x)
             else:
-                bn = run[1] if type(run[1]) is BatchNorm else None
-                dropout = run[-1] if isinstance(run[-1], InvertedDropout) else None
-                x = fused.hidden_layer(x, run[0], bn, dropout)  # type: ignore[arg-type]
+                x = fused.hidden_stack(x, layers)
         return x
+
+
+def _fusable_layer(modules: tuple[nn.Module, ...], i: int) -> tuple[fused.Layer | None, int]:
+    """The fusable hidden layer starting at ``modules[i]`` and how many modules it spans, or (None, 1)."""
+    linear = modules[i]
+    if type(linear) is not nn.Linear:
+        return None, 1
+    j = i + 1
+    bn = modules[j] if j < len(modules) and type(modules[j]) is BatchNorm else None
+    if bn is not None and not (bn.affine and bn.track_running_stats):  # type: ignore[union-attr]
+        return None, 1
+    j += bn is not None
+    if j >= len(modules) or type(modules[j]) is not nn.ReLU:
+        return None, 1
+    dropout = modules[j + 1] if j + 1 < len(modules) and isinstance(modules[j + 1], InvertedDropout) else None
+    if bn is None and dropout is None:
+        return None, 1
+    return (linear, bn, dropout), j + 1 + (dropout is not None) - i  # type: ignore[return-value]
 
 
 class Residual(nn.Module):
