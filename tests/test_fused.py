@@ -198,6 +198,21 @@ def test_the_build_is_cached(tmp_path: Path) -> None:
 
 
 @needs_compiler
+def test_concurrent_builds_leave_one_library(tmp_path: Path) -> None:
+    """Ray workers starting together on one node: each compiles, one rename wins, nothing half-written."""
+    import subprocess
+    import sys
+
+    code = "import sys; from pathlib import Path; from trainer import fused; print(fused.build(Path(sys.argv[1])))"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outputs = {p.communicate(timeout=120)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(outputs) == 1 and [p.name for p in tmp_path.iterdir()] == [Path(outputs.pop()).name]
+    assert fused.pcg64_words_match(fused._load(next(tmp_path.iterdir())))  # loads, and works
+
+
+@needs_compiler
 def test_an_existing_build_needs_no_compiler(kernels_mode: pytest.MonkeyPatch, tmp_path: Path) -> None:
     built = fused.build(tmp_path)
     kernels_mode.setenv("CC", "no-such-compiler")
