@@ -113,6 +113,22 @@ def test_dropout_layer_is_bit_identical_to_the_eager_layers() -> None:
 
 
 @needs_compiler
+def test_masks_drawn_by_numpy_where_the_c_draw_is_not_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fall-back when pcg64_fill disagrees with this numpy: InvertedDropout.words, the same layer."""
+    g = torch.Generator().manual_seed(5)
+    x, gy = torch.randn(16, 5, generator=g), torch.randn(16, 6, generator=g)
+    layers = _layer(norm=False, dropout=0.4)
+    in_c, by_numpy = MLP(*copy.deepcopy(layers)), MLP(*copy.deepcopy(layers))
+    fused.kernels()
+    y_c, grads_c = _run(in_c, x, gy)
+    monkeypatch.setattr(fused, "_pcg64_in_c", False)
+    y_numpy, grads_numpy = _run(by_numpy, x, gy)
+    assert torch.equal(y_c, y_numpy)
+    assert all(torch.equal(a, b) for a, b in zip(grads_c, grads_numpy))
+    assert in_c[2].generator.bit_generator.state == by_numpy[2].generator.bit_generator.state
+
+
+@needs_compiler
 def test_a_nan_stays_visible() -> None:
     """The kernels' ReLU passes NaN on, as PyTorch's does: a diverged layer is not silently zeroed."""
     layers = _layer(norm=False, dropout=0.4)

@@ -2,10 +2,10 @@
 
 In eager PyTorch each of batch norm, ReLU and the dropout multiplication is its own kernel and its
 own autograd node, forward and backward; on the small tensors of an MLP step (128 x 256) their
-fixed costs, not the arithmetic, made dropout + batch norm cost ~35-40 % of a plain step. Here the
-whole layer is one autograd node (:func:`hidden_layer`): PyTorch's matrix products, then the C
-kernels of ``fused.c``, which do batch norm, ReLU and the dropout mask in one pass forward and two
-backward, and draw the mask's random words themselves.
+fixed costs, not the arithmetic, made dropout + batch norm cost ~35-40 % of a plain step. Here a
+stack of such layers is one autograd node (:func:`hidden_stack`): PyTorch's matrix products, then
+the C kernels of ``fused.c``, which do batch norm, ReLU and the dropout mask in one pass forward
+and two backward, and draw the mask's random words themselves.
 
 The kernels are plain C with no PyTorch headers: compiled by the system C compiler (``$CC``,
 else ``cc``) in about half a second on first use, cached under :func:`cache_dir` by a hash of the
@@ -31,7 +31,7 @@ Example:
     >>> import numpy as np, torch
     >>> from trainer.model import InvertedDropout
     >>> linear, dropout = torch.nn.Linear(3, 4), InvertedDropout(0.5, np.random.Generator(np.random.PCG64(0)))
-    >>> hidden_layer(torch.ones(2, 3), linear, None, dropout).shape
+    >>> hidden_stack(torch.ones(2, 3), [(linear, None, dropout)]).shape
     torch.Size([2, 4])
 """
 
@@ -47,8 +47,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Optional
 
 import numpy as np
@@ -66,7 +66,6 @@ FLAGS = ("-O3", "-fno-trapping-math", "-fno-math-errno", "-fPIC", "-shared")  # 
 MODES = ("auto", "fused", "eager")
 Mode = Literal["auto", "fused", "eager"]
 
-_MASK_WORDS = np.dtype("<u2")
 _LITTLE_ENDIAN = sys.byteorder == "little"  # the kernels read the mask words natively, numpy's as "<u2"
 _P, _I64, _I32, _F32, _F64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float, ctypes.c_double
 _SIGNATURES = {
@@ -241,7 +240,7 @@ def _scratch(count: int) -> torch.Tensor:
 
 
 def _mask_words(dropout: Optional[InvertedDropout], count: int) -> tuple[Optional[torch.Tensor], int, float]:
-    """The dropout layer's next ``count`` 16-bit words (the same draw as InvertedDropout.mask)."""
+    """The dropout layer's next ``count`` 16-bit words: InvertedDropout.words, drawn in C where checked."""
     if dropout is None or dropout.drop_level == 0:
         return None, 0, 1.0
     bits = dropout.generator.bit_generator
@@ -249,8 +248,7 @@ def _mask_words(dropout: Optional[InvertedDropout], count: int) -> tuple[Optiona
         words = _scratch((count + 3) // 4)
         _lib.pcg64_fill(bits.ctypes.state_address, words.data_ptr(), words.numel())  # type: ignore[union-attr]
         return words, dropout.drop_level, float(dropout.scale)
-    raw = bits.random_raw((count + 3) // 4).astype("<u8", copy=False)
-    return torch.from_numpy(raw.view(_MASK_WORDS)), dropout.drop_level, float(dropout.scale)
+    return torch.from_numpy(dropout.words(count)), dropout.drop_level, float(dropout.scale)
 
 
 Layer = tuple[nn.Linear, Optional["BatchNorm"], Optional["InvertedDropout"]]
@@ -352,8 +350,7 @@ def hidden_stack(x: torch.Tensor, layers: Sequence[Layer]) -> torch.Tensor:
         # the modules' own dicts: nn.Module.__getattr__ costs ~1 us a lookup, a noticeable share here
         weights = linear._parameters
         if bn is not None:
-            if x.shape[0] < 2:
-                raise ValueError(f"batch norm in training needs a (batch >= 2, features) input, got shape {tuple(x.shape)}")
+            bn.check_training_input(x)
             if bn.momentum is None or not math.isfinite(bn.momentum):
                 raise ValueError(f"fused batch norm needs a numeric momentum, got {bn.momentum!r}")
             params += [weights["weight"], weights["bias"], bn._parameters["weight"], bn._parameters["bias"]]
@@ -361,8 +358,3 @@ def hidden_stack(x: torch.Tensor, layers: Sequence[Layer]) -> torch.Tensor:
             params += [weights["weight"], weights["bias"], None, None]
     return _HiddenStack.apply(x, tuple((bn, dropout) for _, bn, dropout in layers), *params)
 
-
-def hidden_layer(x: torch.Tensor, linear: nn.Linear, bn: Optional[BatchNorm],
-                 dropout: Optional[InvertedDropout]) -> torch.Tensor:
-    """dropout(relu(bn(linear(x)))) in training mode, in one autograd node (None: no such layer)."""
-    return hidden_stack(x, [(linear, bn, dropout)])

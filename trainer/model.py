@@ -82,11 +82,18 @@ class InvertedDropout(nn.Module):
             generator = np.random.Generator(np.random.PCG64(int(torch.randint(0, 2**62, ()))))
         self.generator = generator
 
+    def words(self, n: int) -> np.ndarray:
+        """The next 16-bit uniform integers for ``n`` elements (at least n; kept where u >= drop_level).
+
+        ``(n + 3) // 4`` raw 64-bit words of the generator, cut into four little-endian 16-bit words
+        each: the stream that :mod:`trainer.fused` also draws (in C, where it can).
+        """
+        return self.generator.bit_generator.random_raw((n + 3) // 4).astype("<u8", copy=False).view(_MASK_WORDS)
+
     def mask(self, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
         """The next float32 mask of ``shape``: 1 / (1 - p') where kept, 0 where dropped."""
         n = math.prod(shape)
-        words = self.generator.bit_generator.random_raw((n + 3) // 4).astype("<u8", copy=False)
-        u = words.view(_MASK_WORDS)[:n].reshape(shape)
+        u = self.words(n)[:n].reshape(shape)
         m = (u >= self.drop_level).astype(np.float32)
         m *= np.float32(self.scale)
         return torch.from_numpy(m)
@@ -116,12 +123,17 @@ class BatchNorm(nn.BatchNorm1d):
                 [ 1.0000,  1.0000]], grad_fn=<NativeBatchNormBackward0>)
     """
 
+    @staticmethod
+    def check_training_input(x: torch.Tensor) -> None:
+        """Batch statistics need a (batch >= 2, features) input (also checked by the fused layers)."""
+        if x.dim() != 2 or x.shape[0] < 2:
+            raise ValueError(f"batch norm in training needs a (batch >= 2, features) input, got shape {tuple(x.shape)}")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return torch.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
                                     False, 0.0, self.eps, False)
-        if x.dim() != 2 or x.shape[0] < 2:
-            raise ValueError(f"batch norm in training needs a (batch >= 2, features) input, got shape {tuple(x.shape)}")
+        self.check_training_input(x)
         self.num_batches_tracked.add_(1)
         return torch.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
                                 True, self.momentum, self.eps, False)
