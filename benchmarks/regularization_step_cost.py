@@ -6,15 +6,16 @@ table), so its median over 15 rounds moves by several points from one run to the
 measures the same quantity per training step instead: every configuration trains on the same
 batches in blocks of ``--steps`` steps (default 40, about 60 ms), the blocks alternate between
 configurations, and each overhead is the median over ``--blocks`` (default 60) of the ratio of a
-block to the plain block just before it. It also measures both paths of :mod:`trainer.fused`:
-the fused kernels (``TRAINER_KERNELS=auto``) and PyTorch's layers (``eager``), in one process.
+block to the plain block just before it. It also measures the three paths of :mod:`trainer.fused`
+in one process: the fused kernels in their C++ autograd node (``TRAINER_KERNELS=auto``), the same
+kernels in the Python node (``fused-python``) and PyTorch's layers (``eager``).
 
 The model is the benchmark's 784-256-256-10 ReLU MLP with Adam at batch 128 and 2 threads, on
 random inputs (the step's cost does not depend on the data); the optimizer step, the L2 gradient
 and the dropout masks are the trainer's own (``trainer.loop._Stepper``, one training step).
 
 Writes ``<output-dir>/regularization_step_cost.json`` and ``.md`` and prints the table. About
-two minutes::
+three minutes::
 
     python benchmarks/regularization_step_cost.py
     python benchmarks/regularization_step_cost.py --blocks 3 --output-dir /tmp/smoke   # smoke test
@@ -48,6 +49,7 @@ CONFIGS = {  # the regularized run of trainer_throughput.py, and each regularize
     "batchnorm": {"norm": "batchnorm"},
     "regularized": {"dropout": 0.2, "l2": 1e-4, "norm": "batchnorm"},
 }
+PATHS = {"fused": "auto", "fused-python": "fused-python", "eager": "eager"}  # path: TRAINER_KERNELS
 
 
 def steppers(data: Dataset) -> dict[str, _Stepper]:
@@ -68,12 +70,12 @@ def measure(blocks: int, steps: int, threads: int) -> dict[str, Any]:
     data = Dataset("random", x, y, x[:BATCH], y[:BATCH], x[:BATCH], y[:BATCH], tuple(str(i) for i in range(10)))
     paths = {}
     before = os.environ.get("TRAINER_KERNELS")
-    for path in ("fused", "eager"):
-        os.environ["TRAINER_KERNELS"] = "auto" if path == "fused" else "eager"
+    for path, chosen in PATHS.items():
+        os.environ["TRAINER_KERNELS"] = chosen
         fused.reset()
         status = fused.status()
-        if path == "fused" and status != "fused":
-            raise RuntimeError(f"the fused kernels are not available here: {status}")
+        if status.split(" ")[0] != path:
+            raise RuntimeError(f"the {path} path is not available here: {status}")
         runs = steppers(data)
         times: dict[str, list[float]] = {name: [] for name in runs}
         for block in range(blocks + 2):  # the first two blocks warm up
@@ -116,18 +118,19 @@ def markdown(report: dict[str, Any]) -> str:
         f"{setup['blocks']} alternating blocks of {setup['steps']} steps per configuration and path. Overhead: "
         "the median over blocks of a block's time over the plain block of the same round (quartiles beside it).",
         "",
-        "| configuration | fused: µs / step | fused: overhead | eager: µs / step | eager: overhead |",
-        "|---|---:|---:|---:|---:|",
+        "| configuration | " + " | ".join(f"{path}: µs / step | {path}: overhead" for path in report["paths"]) + " |",
+        "|---|" + "---:|---:|" * len(report["paths"]),
     ]
-    fused_path, eager = report["paths"]["fused"], report["paths"]["eager"]
     for name in CONFIGS:
         def cell(path: dict[str, Any]) -> str:
             if name == "plain":
                 return "-"
             q1, q3 = path["overhead_quartiles"][name]
             return f"{path['overhead'][name]:+.1%} ({q1:+.1%} to {q3:+.1%})"
-        lines.append(f"| {name} | {fused_path['us_per_step'][name]:.0f} | {cell(fused_path)} | "
-                     f"{eager['us_per_step'][name]:.0f} | {cell(eager)} |")
+        lines.append(f"| {name} | " + " | ".join(f"{path['us_per_step'][name]:.0f} | {cell(path)}"
+                                                for path in report["paths"].values()) + " |")
+    lines += ["", "fused: the kernels in the C++ autograd node; fused-python: the same kernels in the Python "
+              "node; eager: PyTorch's layers (trainer/fused.py)."]
     return "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,8 @@ from trainer import MLPConfig, embed, train
 from trainer import fused
 from trainer.model import MLP, BatchNorm, InvertedDropout, build_mlp
 
-needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) on this machine")
+needs_compiler = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("c++") is None,
+                                    reason="no C and C++ compilers (cc, c++) on this machine")
 
 
 @pytest.fixture
@@ -210,22 +212,29 @@ def test_the_build_is_cached(tmp_path: Path) -> None:
     first = fused.build(tmp_path)
     stamp = first.stat().st_mtime_ns
     assert fused.build(tmp_path) == first and first.stat().st_mtime_ns == stamp
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".fused.lock", first.name]  # no temporary files left
 
 
 @needs_compiler
-def test_concurrent_builds_leave_one_library(tmp_path: Path) -> None:
-    """Ray workers starting together on one node: each compiles, one rename wins, nothing half-written."""
+def test_concurrent_builds_compile_once(tmp_path: Path) -> None:
+    """Ray workers starting together on one node: one compiles, the others wait for its library."""
     import subprocess
     import sys
 
+    log = tmp_path / "compiles"
+    compiler = tmp_path / "counting-cc"
+    compiler.write_text(f"#!/bin/sh\necho run >> {log}\nsleep 1\nexec cc \"$@\"\n")
+    compiler.chmod(0o755)
+    cache = tmp_path / "cache"
     code = "import sys; from pathlib import Path; from trainer import fused; print(fused.build(Path(sys.argv[1])))"
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(cache)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "CC": str(compiler)}) for _ in range(3)]
     outputs = {p.communicate(timeout=120)[0].strip() for p in procs}
     assert all(p.returncode == 0 for p in procs)
-    assert len(outputs) == 1 and [p.name for p in tmp_path.iterdir()] == [Path(outputs.pop()).name]
-    assert fused.pcg64_words_match(fused._load(next(tmp_path.iterdir())))  # loads, and works
+    assert log.read_text().split() == ["run"]  # compiled once
+    library = Path(outputs.pop())
+    assert not outputs and sorted(p.name for p in cache.iterdir()) == [".fused.lock", library.name]
+    assert fused.pcg64_words_match(fused._load(library))  # loads, and works
 
 
 @needs_compiler
@@ -265,19 +274,121 @@ def test_a_failing_compile_is_reported(kernels_mode: pytest.MonkeyPatch, tmp_pat
     kernels_mode.setenv("CC", str(compiler))
     with pytest.raises(fused.KernelBuildError, match=r"exit 3\).*internal error"):
         fused.build(tmp_path / "cache")
-    assert not any((tmp_path / "cache").iterdir())  # nothing half-written left behind
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [".fused.lock"]  # nothing half-written left behind
 
 
 def test_a_bad_mode_names_the_variable(kernels_mode: pytest.MonkeyPatch) -> None:
     kernels_mode.setenv("TRAINER_KERNELS", "fast")
-    with pytest.raises(ValueError, match="TRAINER_KERNELS='fast': must be one of auto, fused, eager"):
+    with pytest.raises(ValueError, match="TRAINER_KERNELS='fast': must be one of auto, fused, fused-python, eager"):
         fused.kernels()
 
 
 @needs_compiler
 def test_this_machine_builds_the_kernels() -> None:
-    """Where a compiler exists, auto mode must end up fused (a silent fall-back would hide a broken build)."""
-    assert fused.status() == "fused"
+    """Where compilers exist, auto mode must end up fused in the C++ node (a silent fall-back would hide a broken build)."""
+    assert fused.status() == "fused" and fused.node() is not None
+
+
+def _on_node(kernels_mode: pytest.MonkeyPatch, chosen: str) -> None:
+    kernels_mode.setenv("TRAINER_KERNELS", chosen)
+    fused.reset()
+    assert fused.status() == ("fused" if chosen == "auto" else f"fused-python (TRAINER_KERNELS={chosen})")
+
+
+@needs_compiler
+@pytest.mark.parametrize(("norm", "dropout", "sizes"), [
+    ("batchnorm", 0.3, (12, 10, 8)),  # bias-less layers, batch norm and dropout: every argument kind
+    ("none", 0.4, (12, 10)),
+    ("batchnorm", 0.0, (12,)),
+])
+def test_the_cpp_node_is_bit_identical_to_the_python_node(
+    kernels_mode: pytest.MonkeyPatch, norm: str, dropout: float, sizes: tuple[int, ...]
+) -> None:
+    """The same operations in the same order: outputs, every gradient, running statistics, mask streams."""
+    torch.manual_seed(6)
+    in_cpp = build_mlp(MLPConfig(hidden_sizes=sizes, norm=norm, dropout=dropout, seed=6), n_features=5, n_outputs=3)
+    in_python = copy.deepcopy(in_cpp)
+    assert [len(layers) for layers, _ in in_cpp._plan()] == [len(sizes), 0]
+    g = torch.Generator().manual_seed(6)
+    x, gy = torch.randn(24, 5, generator=g), torch.randn(24, 3, generator=g)
+    runs = []
+    for model, chosen in ((in_cpp, "auto"), (in_python, "fused-python")):
+        _on_node(kernels_mode, chosen)
+        runs.append([_run(model, x, gy) for _ in range(3)])
+    for (y_cpp, grads_cpp), (y_python, grads_python) in zip(*runs):
+        assert torch.equal(y_cpp, y_python)
+        assert len(grads_cpp) == 1 + len(list(in_cpp.parameters()))
+        assert all(torch.equal(a, b) for a, b in zip(grads_cpp, grads_python))
+    for a, b in zip(in_cpp.state_dict().values(), in_python.state_dict().values()):
+        assert torch.equal(a, b)
+    drops = [(a, b) for a, b in zip(in_cpp.modules(), in_python.modules()) if isinstance(a, InvertedDropout)]
+    assert len(drops) == (len(sizes) if dropout else 0)
+    assert all(a.generator.bit_generator.state == b.generator.bit_generator.state for a, b in drops)
+
+
+@needs_compiler
+def test_training_is_bit_identical_on_both_nodes(kernels_mode: pytest.MonkeyPatch) -> None:
+    data = tiny(n=96)
+    config = MLPConfig(hidden_sizes=(16, 16), norm="batchnorm", dropout=0.2, epochs=2, batch_size=16)
+    _on_node(kernels_mode, "auto")
+    in_cpp = train(config, data, threads=1)
+    _on_node(kernels_mode, "fused-python")
+    in_python = train(config, data, threads=1)
+    assert [(m.train_loss, m.val_loss) for m in in_cpp.history] == [(m.train_loss, m.val_loss) for m in in_python.history]
+    for a, b in zip(in_cpp.model.state_dict().values(), in_python.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@needs_compiler
+def test_the_cpp_node_refuses_a_double_backward() -> None:
+    model = MLP(*_layer(norm=True, dropout=0.3))
+    assert fused.node() is not None
+    x = torch.randn(8, 5, requires_grad=True)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(model(x).square().sum(), x, create_graph=True)
+    (gx,) = torch.autograd.grad(model(x).square().sum(), x)  # a first-order gradient is fine
+    assert gx.shape == x.shape
+
+
+@needs_compiler
+def test_the_operator_checks_its_arguments() -> None:
+    operator = fused.node()
+    assert operator is not None
+    x, w = torch.randn(2, 3), torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match="three entries per layer"):
+        operator(x, [w], [], [], [0, 0], [1.0, 0.0])
+    with pytest.raises(RuntimeError, match="fewer params"):
+        operator(x, [w], [], [], [1, 0, 0], [1.0, 0.0, 0.0])  # a bias named, none given
+    with pytest.raises(RuntimeError, match="more params"):
+        operator(x, [w, w], [], [], [0, 0, 0], [1.0, 0.0, 0.0])
+    with pytest.raises(RuntimeError, match="words must be a contiguous CPU tensor of 2 Long"):
+        operator(x, [w], [], [torch.zeros(1, dtype=torch.int64)], [0, 0, 100], [1.0, 0.0, 0.0])
+    assert operator(x, [w], [], [], [0, 0, 0], [1.0, 0.0, 0.0]).shape == (2, 4)
+
+
+@needs_compiler
+def test_a_failing_cpp_build_falls_back_to_the_python_node_once(tmp_path: Path) -> None:
+    """auto: a broken C++ build costs one compile per cache, not one per worker; fused: an error."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "compiles"
+    compiler = tmp_path / "broken-cxx"
+    compiler.write_text(f"#!/bin/sh\necho run >> {log}\necho 'broken-cxx: internal error' >&2\nexit 3\n")
+    compiler.chmod(0o755)
+    env = {**os.environ, "CXX": str(compiler), "TRAINER_KERNEL_CACHE": str(tmp_path / "cache"), "TRAINER_KERNELS": "auto"}
+    code = "from trainer import fused; print(fused.status())"
+    statuses = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        statuses.append(done.stdout.strip())
+        assert "C++ autograd node is unavailable" in done.stderr and "internal error" in done.stderr
+    assert all(s.startswith("fused-python (") and "(exit 3): broken-cxx: internal error" in s for s in statuses)
+    assert "remembered in" in statuses[1] and log.read_text().split() == ["run"]  # not compiled again
+    done = subprocess.run([sys.executable, "-c", code], env={**env, "TRAINER_KERNELS": "fused"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "TRAINER_KERNELS=fused, but the C++ autograd node failed to build" in done.stderr
 
 
 @needs_compiler

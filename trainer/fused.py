@@ -5,27 +5,41 @@ own autograd node, forward and backward; on the small tensors of an MLP step (12
 fixed costs, not the arithmetic, made dropout + batch norm cost ~35-40 % of a plain step. Here a
 stack of such layers is one autograd node (:func:`hidden_stack`): PyTorch's matrix products, then
 the C kernels of ``fused.c``, which do batch norm, ReLU and the dropout mask in one pass forward
-and two backward, and draw the mask's random words themselves.
+and two backward.
 
-The kernels are plain C with no PyTorch headers: compiled by the system C compiler (``$CC``,
-else ``cc``) in about half a second on first use, cached under :func:`cache_dir` by a hash of the
-source and the flags, and loaded with ctypes. Where there is no compiler, or it fails, the trainer
-runs the eager PyTorch layers instead (logged once); ``TRAINER_KERNELS`` chooses:
+Two libraries, each compiled on first use and cached under :func:`cache_dir` by a hash of its
+sources, flags, machine type (and PyTorch version), so an existing build needs no compiler:
 
-- ``auto`` (default): fused where the kernels build, eager otherwise;
-- ``fused``: the kernels are required: a build failure is an error;
-- ``eager``: never use them.
+- ``fused.c``, the kernels: plain C with no PyTorch headers, built by ``$CC`` (else ``cc``) in
+  about half a second and loaded with ctypes (:func:`build`, :func:`kernels`);
+- ``fused_node.cpp``, the stack's autograd node in C++ around the same kernels, built by ``$CXX``
+  (else ``c++``) against PyTorch's headers in about 15 s and loaded as the operator
+  ``torch.ops.sweeps_fused.hidden_stack`` (:func:`build_node`, :func:`node`). A Python autograd
+  node costs ~85 us more per training step (two hidden layers), about 6 % of the step.
 
-What the fused path changes and what it keeps:
+Processes that start together on one node (Ray workers) wait for one compile under a file lock.
+Where a library cannot be built, training takes the next path (logged once, with the reason);
+``TRAINER_KERNELS`` chooses:
+
+- ``auto`` (default): the C++ node where it builds, else the kernels in a Python node
+  (a failed C++ compile is remembered in the cache, so other processes do not retry it), else
+  PyTorch's eager layers;
+- ``fused``: both libraries are required: a build failure is an error;
+- ``fused-python``: the kernels in the Python node, without building the C++ one;
+- ``eager``: PyTorch's layers.
+
+Which path a process takes is :func:`status` (recorded with each sweep's environment). What the
+fused paths change and what they keep:
 
 - The dropout masks are the same: the layer's own numpy PCG64 generator, advanced by the same
   words (:class:`trainer.model.InvertedDropout`), so a checkpoint's generator state resumes them.
+- Both nodes run the same operations in the same order: they give identical results.
 - Without batch norm, a layer is bit-identical to the eager modules.
 - Batch norm agrees with ``torch.batch_norm`` to float32 rounding (its own two-pass sums), so a
-  run on the fused path and a run on the eager path drift apart over training like runs on two
-  machines; each path is deterministic. The path a sweep used is recorded with its environment.
+  run on a fused path and a run on the eager path drift apart over training like runs on two
+  machines; each path is deterministic.
 - Only CPU float32 training passes are fused; evaluation and other devices use PyTorch's layers.
-  A plain ``Linear -> ReLU`` layer is not fused: PyTorch's native nodes beat a Python one there.
+  A plain ``Linear -> ReLU`` layer is not fused: PyTorch's native nodes are as fast there.
 
 Example:
     >>> import numpy as np, torch
@@ -37,6 +51,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -47,7 +62,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Optional
 
@@ -56,15 +71,23 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: concurrent builds each compile (the rename still keeps them whole)
+    fcntl = None  # type: ignore[assignment]
+
 if TYPE_CHECKING:
     from trainer.model import BatchNorm, InvertedDropout
 
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("fused.c")
+NODE_SOURCE = Path(__file__).with_name("fused_node.cpp")
 FLAGS = ("-O3", "-fno-trapping-math", "-fno-math-errno", "-fPIC", "-shared")  # no -march=native: nodes differ
-MODES = ("auto", "fused", "eager")
-Mode = Literal["auto", "fused", "eager"]
+NODE_FLAGS = ("-std=c++20", *FLAGS)  # fused.c is compiled into the node's library with the same flags
+MODES = ("auto", "fused", "fused-python", "eager")
+Mode = Literal["auto", "fused", "fused-python", "eager"]
+OPERATOR = "sweeps_fused::hidden_stack"  # fused_node.cpp's TORCH_LIBRARY
 
 _LITTLE_ENDIAN = sys.byteorder == "little"  # the kernels read the mask words natively, numpy's as "<u2"
 _P, _I64, _I32, _F32, _F64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float, ctypes.c_double
@@ -83,7 +106,7 @@ class KernelBuildError(RuntimeError):
 
 
 def mode() -> Mode:
-    """``TRAINER_KERNELS``, checked: one of auto, fused, eager."""
+    """``TRAINER_KERNELS``, checked: one of auto, fused, fused-python, eager."""
     value = os.environ.get("TRAINER_KERNELS", "auto").strip().lower() or "auto"
     if value not in MODES:
         raise ValueError(f"TRAINER_KERNELS={value!r}: must be one of {', '.join(MODES)}")
@@ -99,12 +122,67 @@ def cache_dir() -> Path:
     return Path(base) / "sweeps" / "kernels"
 
 
-def _compiler() -> str:
-    name = os.environ.get("CC") or "cc"
+def _compiler(variable: str, default: str, language: str) -> str:
+    name = os.environ.get(variable) or default
     path = shutil.which(name)
     if path is None:
-        raise KernelBuildError(f"no C compiler: {name!r} (from $CC, default cc) is not on PATH")
+        raise KernelBuildError(f"no {language} compiler: {name!r} (from ${variable}, default {default}) is not on PATH")
     return path
+
+
+def _compile(directory: Path, name: str, key_parts: Sequence[bytes], command: Callable[[str], list[str]],
+             timeout: float, remember_failure: bool = False) -> Path:
+    """The cached library ``directory/name-<hash of key_parts>.so``, compiled by ``command(output)`` if absent.
+
+    The compile holds an exclusive lock on ``directory/.name.lock`` (released by the OS if the
+    process dies), so processes that start together wait for one compile instead of running one
+    each; it writes a temporary file that is renamed into place (atomic), so nothing
+    half-written is ever loaded. ``command`` resolves the compiler, so an existing build needs
+    none. With ``remember_failure``, a compiler's error is written to ``name-<hash>.failed`` and
+    raised again by later calls without compiling (delete the file to retry).
+    """
+    key = hashlib.sha256(b"\0".join([*key_parts, os.uname().machine.encode()])).hexdigest()[:16]
+    target = directory / f"{name}-{key}.so"
+    failed = directory / f"{name}-{key}.failed"
+
+    def done_before() -> bool:
+        if remember_failure and failed.exists():
+            raise KernelBuildError(f"{failed.read_text().strip()} (remembered in {failed}; delete it to retry)")
+        return target.exists()
+
+    if done_before():
+        return target
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = open(directory / f".{name}.lock", "a")
+    except OSError as error:
+        raise KernelBuildError(f"cannot write the kernel cache {directory}: {error}") from error
+    with lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if done_before():  # by another process, while this one waited for the lock
+            return target
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=directory)
+            os.close(fd)
+        except OSError as error:
+            raise KernelBuildError(f"cannot write the kernel cache {directory}: {error}") from error
+        try:
+            argv = command(tmp)
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+            if result.returncode != 0:
+                message = f"{argv[0]} failed on {name} (exit {result.returncode}): {result.stderr.strip()[-2000:]}"
+                if remember_failure:
+                    failed.write_text(message + "\n")
+                raise KernelBuildError(message)
+            os.replace(tmp, target)
+        except (OSError, subprocess.SubprocessError) as error:
+            raise KernelBuildError(f"compiling {name} failed: {error}") from error
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    logger.info("compiled the fused trainer kernels: %s", target)
+    return target
 
 
 def build(directory: Path | None = None) -> Path:
@@ -112,36 +190,37 @@ def build(directory: Path | None = None) -> Path:
 
     The file name holds a hash of the source, the flags and the machine type, so a changed source
     builds anew, and an existing build needs no compiler (the container image ships one built at
-    image build time). Concurrent processes (Ray workers on one node) each compile to a temporary
-    file and rename it into place, which is atomic.
+    image build time).
     """
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), os.uname().machine.encode()])).hexdigest()[:16]
-    directory = cache_dir() if directory is None else directory
-    target = directory / f"fused-{key}.so"
-    if target.exists():
-        return target
-    compiler = _compiler()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".fused-", suffix=".so", dir=directory)
-        os.close(fd)
-    except OSError as error:
-        raise KernelBuildError(f"cannot write the kernel cache {directory}: {error}") from error
-    try:
-        done = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"],
-                              capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            raise KernelBuildError(f"{compiler} failed on {SOURCE.name} (exit {done.returncode}): "
-                                   f"{done.stderr.strip()[-2000:]}")
-        os.replace(tmp, target)
-    except (OSError, subprocess.SubprocessError) as error:
-        raise KernelBuildError(f"compiling {SOURCE.name} with {compiler} failed: {error}") from error
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    logger.info("compiled the fused trainer kernels: %s", target)
-    return target
+    def command(output: str) -> list[str]:
+        return [_compiler("CC", "cc", "C"), *FLAGS, "-o", output, str(SOURCE), "-lm"]
+
+    return _compile(cache_dir() if directory is None else directory, "fused",
+                    [SOURCE.read_bytes(), " ".join(FLAGS).encode()], command, timeout=120)
+
+
+def build_node(directory: Path | None = None) -> Path:
+    """Compile ``fused_node.cpp`` with ``fused.c`` against this PyTorch, unless that build exists.
+
+    Like :func:`build`, keyed also by the PyTorch version and C++ ABI (its headers and
+    libraries), with ``$CXX`` (default ``c++``); about 15 s on two cores. A compiler's error is
+    remembered in the cache (see :func:`_compile`), so each new worker does not pay it again.
+    """
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    torch_dir = Path(torch.__file__).parent
+
+    def command(output: str) -> list[str]:
+        compiler = _compiler("CXX", "c++", "C++")
+        from torch.utils.cpp_extension import include_paths, library_paths  # imports setuptools: only to build
+
+        return [compiler, *NODE_FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *(f"-I{p}" for p in include_paths()),
+                str(NODE_SOURCE), "-x", "c", str(SOURCE), "-x", "none", "-o", output,
+                *(f"-L{p}" for p in library_paths()), *(f"-Wl,-rpath,{p}" for p in library_paths()), "-lc10", "-ltorch_cpu", "-ltorch", "-lm"]
+
+    key = [NODE_SOURCE.read_bytes(), SOURCE.read_bytes(), " ".join(NODE_FLAGS).encode(),
+           f"{torch.__version__} {torch.version.git_version} abi={abi} {torch_dir}".encode()]
+    return _compile(cache_dir() if directory is None else directory, "fused_node", key, command,
+                    timeout=600, remember_failure=True)
 
 
 def _load(path: Path) -> ctypes.CDLL:
@@ -181,8 +260,8 @@ _pcg64_in_c = False  # pcg64_fill checked against this numpy
 def kernels() -> Optional[ctypes.CDLL]:
     """The loaded kernels, building them on first call; None where :func:`mode` says eager.
 
-    In ``auto`` mode a failed build is logged once (with its reason) and gives None; in ``fused``
-    mode it raises :class:`KernelBuildError`.
+    In ``auto`` and ``fused-python`` mode a failed build is logged once (with its reason) and
+    gives None; in ``fused`` mode it raises :class:`KernelBuildError`.
     """
     global _lib, _status, _pcg64_in_c
     if _status is not None:
@@ -205,21 +284,78 @@ def kernels() -> Optional[ctypes.CDLL]:
     return _lib
 
 
+_operator: Optional[Callable[..., torch.Tensor]] = None  # once loaded, registered for the process's life
+_node_why: Optional[str] = None  # "" : the C++ node is in use; else why not; None: not decided yet
+
+
+def _registered_operator() -> Optional[Callable[..., torch.Tensor]]:
+    try:
+        return torch.ops.sweeps_fused.hidden_stack
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def node() -> Optional[Callable[..., torch.Tensor]]:
+    """The C++ node's operator (``torch.ops.sweeps_fused.hidden_stack``), built and loaded on first call.
+
+    None where the kernels run in the Python node instead: ``TRAINER_KERNELS=fused-python``, no
+    kernels at all, or (``auto``) a failed build, logged once with its reason. In ``fused`` mode
+    a failed build raises :class:`KernelBuildError`, on every call.
+    """
+    global _operator, _node_why
+    if _node_why is not None:
+        return _operator if _node_why == "" else None
+    if kernels() is None:
+        return None
+    chosen = mode()
+    if chosen == "fused-python":
+        _node_why = "TRAINER_KERNELS=fused-python"
+        return None
+    try:
+        if _operator is None:
+            if _registered_operator() is None:
+                path = build_node()
+                try:
+                    torch.ops.load_library(str(path))
+                except (OSError, RuntimeError) as error:
+                    raise KernelBuildError(f"cannot load {path}: {error}") from error
+            _operator = _registered_operator()
+            if _operator is None:
+                raise KernelBuildError(f"the library did not register {OPERATOR}")
+        _node_why = ""
+    except KernelBuildError as error:
+        if chosen == "fused":
+            raise KernelBuildError(f"TRAINER_KERNELS=fused, but the C++ autograd node failed to build: {error}") from error
+        _node_why = str(error)
+        logger.warning("the fused kernels' C++ autograd node is unavailable, using a Python node "
+                       "(~6%% slower training step): %s", error)
+    return _operator if _node_why == "" else None
+
+
 def status() -> str:
-    """``fused``, or ``eager (<why>)``: which path training passes take in this process."""
-    kernels()
-    assert _status is not None
-    return _status
+    """Which path training passes take in this process.
+
+    ``fused`` (the kernels in the C++ node), ``fused-python (<why>)`` (in the Python node) or
+    ``eager (<why>)`` (PyTorch's layers).
+    """
+    if kernels() is None:
+        assert _status is not None
+        return _status
+    node()
+    return "fused" if _node_why == "" else f"fused-python ({_node_why})"
 
 
 def reset() -> None:
-    """Forget the loaded kernels and the mode (tests; after changing ``TRAINER_KERNELS``)."""
-    global _lib, _status, _pcg64_in_c
-    _lib, _status, _pcg64_in_c = None, None, False
+    """Forget the loaded kernels and the mode (tests; after changing ``TRAINER_KERNELS``).
+
+    A loaded C++ node stays registered (an operator cannot be unloaded): it is reused, not rebuilt.
+    """
+    global _lib, _status, _pcg64_in_c, _node_why
+    _lib, _status, _pcg64_in_c, _node_why = None, None, False, None
 
 
 def usable(x: torch.Tensor) -> bool:
-    """Whether a training pass on ``x`` can take the fused path (CPU, float32, 2-D, little-endian)."""
+    """Whether a training pass on ``x`` can take a fused path (CPU, float32, 2-D, little-endian)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2 and _LITTLE_ENDIAN
             and kernels() is not None)
 
@@ -227,36 +363,44 @@ def usable(x: torch.Tensor) -> bool:
 _local = threading.local()
 
 
-def _scratch(count: int) -> torch.Tensor:
-    """This thread's reusable buffer of ``count`` int64 words, for a mask the kernel reads at once.
+def _scratch(count: int, slot: int) -> torch.Tensor:
+    """This thread's reusable buffer ``slot`` (a layer of the stack) of ``count`` int64 words.
 
-    A fresh 64 KB tensor per draw cost more than drawing into it (allocation and first touch):
-    ~45 us a step of two dropout layers, measured in place.
+    A mask's words are read by the forward pass only, so each layer's buffer is reused by the
+    next step. A fresh 64 KB tensor per draw cost more than drawing into it (allocation and
+    first touch): ~45 us a step of two dropout layers, measured in place.
     """
-    buffer = getattr(_local, "words", None)
+    buffers = getattr(_local, "words", None)
+    if buffers is None:
+        buffers = _local.words = {}
+    buffer = buffers.get(slot)
     if buffer is None or buffer.numel() < count:
-        buffer = _local.words = torch.empty(count, dtype=torch.int64)
+        buffer = buffers[slot] = torch.empty(count, dtype=torch.int64)
     return buffer[:count]
 
 
-def _mask_words(dropout: Optional[InvertedDropout], count: int) -> tuple[Optional[torch.Tensor], int, float]:
-    """The dropout layer's next ``count`` 16-bit words: InvertedDropout.words, drawn in C where checked."""
+def _mask_words(dropout: Optional[InvertedDropout], count: int, slot: int) -> tuple[Optional[torch.Tensor], int, float]:
+    """The dropout layer's next words for ``count`` elements, (count + 3) // 4 int64s holding 16 bits each.
+
+    InvertedDropout.words, drawn in C into a reused buffer where that draw is checked.
+    """
     if dropout is None or dropout.drop_level == 0:
         return None, 0, 1.0
     bits = dropout.generator.bit_generator
     if _pcg64_in_c and type(bits) is np.random.PCG64:
-        words = _scratch((count + 3) // 4)
+        words = _scratch((count + 3) // 4, slot)
         _lib.pcg64_fill(bits.ctypes.state_address, words.data_ptr(), words.numel())  # type: ignore[union-attr]
         return words, dropout.drop_level, float(dropout.scale)
-    return torch.from_numpy(dropout.words(count)), dropout.drop_level, float(dropout.scale)
+    return torch.from_numpy(dropout.words(count).view("<i8")), dropout.drop_level, float(dropout.scale)
 
 
 Layer = tuple[nn.Linear, Optional["BatchNorm"], Optional["InvertedDropout"]]
 
 
 class _HiddenStack(torch.autograd.Function):
-    """Consecutive hidden layers x -> Linear -> [batch norm] -> ReLU -> [dropout], as one autograd node.
+    """Consecutive hidden layers x -> Linear -> [batch norm] -> ReLU -> [dropout], as one Python autograd node.
 
+    Where the C++ node (``fused_node.cpp``, the same operations in the same order) is not built.
     One node for the whole stack: a Python autograd node costs more than PyTorch's native ones,
     so it is paid once per pass, not once per layer. The matrix products are PyTorch's, called as
     its Linear layer calls them (``addmm`` / ``mm`` forward; ``gz W`` and ``gz^T x`` backward,
@@ -279,7 +423,7 @@ class _HiddenStack(torch.autograd.Function):
             assert weight is not None
             z = torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())
             n, c = z.shape
-            words, level, scale = _mask_words(dropout, n * c)
+            words, level, scale = _mask_words(dropout, n * c, index)
             u = None if words is None else words.data_ptr()
             y = torch.empty_like(z)
             if bn is not None:
@@ -338,23 +482,57 @@ class _HiddenStack(torch.autograd.Function):
         return (g if needs[0] else None), None, *grads
 
 
+def _layer_parameters(x: torch.Tensor, linear: nn.Linear, bn: Optional[BatchNorm]) -> list[Optional[torch.Tensor]]:
+    """A layer's weight, bias, gamma and beta (None where absent), after batch norm's checks."""
+    # the modules' own dicts: nn.Module.__getattr__ costs ~1 us a lookup, a noticeable share here
+    weights = linear._parameters
+    if bn is None:
+        return [weights["weight"], weights["bias"], None, None]
+    bn.check_training_input(x)
+    if bn.momentum is None or not math.isfinite(bn.momentum):
+        raise ValueError(f"fused batch norm needs a numeric momentum, got {bn.momentum!r}")
+    return [weights["weight"], weights["bias"], bn._parameters["weight"], bn._parameters["bias"]]
+
+
+def _native_stack(operator: Callable[..., torch.Tensor], x: torch.Tensor, layers: Sequence[Layer]) -> torch.Tensor:
+    """The stack through the C++ node: its arguments as ``fused_node.cpp`` lays them out."""
+    params: list[torch.Tensor] = []
+    buffers: list[torch.Tensor] = []
+    words: list[torch.Tensor] = []
+    layout: list[int] = []
+    scalars: list[float] = []
+    n = x.shape[0]
+    for slot, (linear, bn, dropout) in enumerate(layers):
+        weight, bias, gamma, beta = _layer_parameters(x, linear, bn)
+        assert weight is not None
+        params.append(weight)
+        if bias is not None:
+            params.append(bias)
+        momentum = eps = 0.0
+        if bn is not None:
+            assert gamma is not None and beta is not None
+            params += [gamma, beta]
+            stored = bn._buffers
+            buffers += [stored["running_mean"], stored["running_var"], stored["num_batches_tracked"]]  # type: ignore[list-item]
+            momentum, eps = float(bn.momentum), float(bn.eps)  # type: ignore[arg-type]
+        mask, level, scale = _mask_words(dropout, n * weight.shape[0], slot)
+        if mask is not None:
+            words.append(mask)
+        layout += [bias is not None, bn is not None, level]
+        scalars += [scale, momentum, eps]
+    return operator(x, params, buffers, words, layout, scalars)
+
+
 def hidden_stack(x: torch.Tensor, layers: Sequence[Layer]) -> torch.Tensor:
     """Hidden layers ``dropout(relu(bn(linear(.))))`` one after another, in one autograd node.
 
     Each layer is (linear, bn or None, dropout or None). In training mode, on a tensor that
     :func:`usable` accepts. Updates each ``bn``'s running averages and draws each ``dropout``'s
-    mask from its generator, as the eager layers would.
+    mask from its generator, as the eager layers would. The node is the C++ one where
+    :func:`node` has it, else the Python one: the same numbers either way.
     """
-    params: list[Optional[torch.Tensor]] = []
-    for linear, bn, _ in layers:
-        # the modules' own dicts: nn.Module.__getattr__ costs ~1 us a lookup, a noticeable share here
-        weights = linear._parameters
-        if bn is not None:
-            bn.check_training_input(x)
-            if bn.momentum is None or not math.isfinite(bn.momentum):
-                raise ValueError(f"fused batch norm needs a numeric momentum, got {bn.momentum!r}")
-            params += [weights["weight"], weights["bias"], bn._parameters["weight"], bn._parameters["bias"]]
-        else:
-            params += [weights["weight"], weights["bias"], None, None]
+    operator = node()
+    if operator is not None:
+        return _native_stack(operator, x, layers)
+    params = [p for linear, bn, _ in layers for p in _layer_parameters(x, linear, bn)]
     return _HiddenStack.apply(x, tuple((bn, dropout) for _, bn, dropout in layers), *params)
-
