@@ -302,11 +302,19 @@ def test_the_cached_fused_step_is_pytorchs_bit_for_bit(optimizer: str) -> None:
                         betas=(0.8, 0.95), eps=1e-6)
     fresh.load_state_dict(copy.deepcopy(lean.state_dict()))  # as a saved checkpoint: not the live tensors
     assert fresh._cached is None
+    # the step counts are views of one tensor per group here; PyTorch's own Adam counts each once
+    in_pytorch = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    vanilla = type(plain)([{"params": in_pytorch[::2], "weight_decay": 0.03},
+                           {"params": in_pytorch[1::2], "weight_decay": 0.0}], lr=0.01, fused=True,
+                          betas=(0.8, 0.95), eps=1e-6)
+    vanilla.load_state_dict(copy.deepcopy(lean.state_dict()))
     _steps(ours, lean, grads[6:], lrs[6:])
     _steps(theirs, plain, grads[6:], lrs[6:])
     _steps(restored_params, fresh, grads[6:], lrs[6:])
-    for a, b, c in zip(ours, theirs, restored_params):
-        assert torch.equal(a, b) and torch.equal(a, c)
+    _steps(in_pytorch, vanilla, grads[6:], lrs[6:])
+    for a, b, c, d in zip(ours, theirs, restored_params, in_pytorch):
+        assert torch.equal(a, b) and torch.equal(a, c) and torch.equal(a, d)
+    assert [vanilla.state[p]["step"] for p in in_pytorch] == [12, 11, 12, 12]
     for i, (p, q) in enumerate(zip(ours, theirs)):
         assert torch.equal(lean.state[p]["exp_avg_sq"], plain.state[q]["exp_avg_sq"])
         assert lean.state[p]["step"] == plain.state[q]["step"] == (11 if i == 1 else 12)  # 1 skipped a step
