@@ -6,6 +6,8 @@ import copy
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +32,14 @@ def kernels_mode(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch
     yield monkeypatch
     monkeypatch.undo()
     fused.reset()
+
+
+def _script_compiler(tmp_path: Path, name: str, then: str) -> tuple[Path, Path]:
+    """An executable ``tmp_path/name`` that appends a line to ``tmp_path/compiles`` per run, then runs ``then``."""
+    log, compiler = tmp_path / "compiles", tmp_path / name
+    compiler.write_text(f"#!/bin/sh\necho run >> {log}\n{then}\n")
+    compiler.chmod(0o755)
+    return compiler, log
 
 
 def _layer(norm: bool, dropout: float, seed: int = 3) -> tuple[nn.Module, ...]:
@@ -218,13 +228,7 @@ def test_the_build_is_cached(tmp_path: Path) -> None:
 @needs_compiler
 def test_concurrent_builds_compile_once(tmp_path: Path) -> None:
     """Ray workers starting together on one node: one compiles, the others wait for its library."""
-    import subprocess
-    import sys
-
-    log = tmp_path / "compiles"
-    compiler = tmp_path / "counting-cc"
-    compiler.write_text(f"#!/bin/sh\necho run >> {log}\nsleep 1\nexec cc \"$@\"\n")
-    compiler.chmod(0o755)
+    compiler, log = _script_compiler(tmp_path, "counting-cc", 'sleep 1\nexec cc "$@"')
     cache = tmp_path / "cache"
     code = "import sys; from pathlib import Path; from trainer import fused; print(fused.build(Path(sys.argv[1])))"
     procs = [subprocess.Popen([sys.executable, "-c", code, str(cache)], stdout=subprocess.PIPE, text=True,
@@ -268,9 +272,7 @@ def test_fused_mode_refuses_to_fall_back(kernels_mode: pytest.MonkeyPatch, tmp_p
 
 
 def test_a_failing_compile_is_reported(kernels_mode: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    compiler = tmp_path / "broken-cc"
-    compiler.write_text("#!/bin/sh\necho 'broken-cc: internal error' >&2\nexit 3\n")
-    compiler.chmod(0o755)
+    compiler, _ = _script_compiler(tmp_path, "broken-cc", "echo 'broken-cc: internal error' >&2\nexit 3")
     kernels_mode.setenv("CC", str(compiler))
     with pytest.raises(fused.KernelBuildError, match=r"exit 3\).*internal error"):
         fused.build(tmp_path / "cache")
@@ -369,13 +371,7 @@ def test_the_operator_checks_its_arguments() -> None:
 @needs_compiler
 def test_a_failing_cpp_build_falls_back_to_the_python_node_once(tmp_path: Path) -> None:
     """auto: a broken C++ build costs one compile per cache, not one per worker; fused: an error."""
-    import subprocess
-    import sys
-
-    log = tmp_path / "compiles"
-    compiler = tmp_path / "broken-cxx"
-    compiler.write_text(f"#!/bin/sh\necho run >> {log}\necho 'broken-cxx: internal error' >&2\nexit 3\n")
-    compiler.chmod(0o755)
+    compiler, log = _script_compiler(tmp_path, "broken-cxx", "echo 'broken-cxx: internal error' >&2\nexit 3")
     env = {**os.environ, "CXX": str(compiler), "TRAINER_KERNEL_CACHE": str(tmp_path / "cache"), "TRAINER_KERNELS": "auto"}
     code = "from trainer import fused; print(fused.status())"
     statuses = []
