@@ -148,6 +148,14 @@ def _drive(spec: Any, source: str | None, results_dir: str | None, resume: Any) 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with Live(Text(f"{'resuming' if resume else 'starting'} sweep {spec.name!r}…"), console=console,
               refresh_per_second=4, transient=False) as live:
+        if spec.trainer == "mlp":
+            from trainer import fused
+
+            if not fused.built():
+                live.update(Text("compiling the trainer's fused kernels (once per machine and PyTorch version, "
+                                 "about 20 s)…"))
+                fused.status()  # builds them here, before any trial waits for them
+                live.update(Text(f"{'resuming' if resume else 'starting'} sweep {spec.name!r}…"))
         try:
             outcome = run_sweep(spec, source_text=source, progress=RichProgress(live),
                                 results_dir=results_dir, resume=resume)

@@ -943,7 +943,7 @@ def _start_parent(tracker: SweepTracker, spec: SweepSpec, source_text: str | Non
     tracker.set_tags({T.METRIC: f"{spec.metric.name}:{spec.metric.goal}", RESULTS_DIR_TAG: results_dir,
                       DRIVER_TAG: driver_tag()})
     log_spec(tracker, spec, source_text)
-    tracker.log_text(json.dumps(_environment(), indent=2), "environment.json")
+    tracker.log_text(json.dumps(_environment(spec.trainer == "mlp"), indent=2), "environment.json")
     return parent
 
 
@@ -1119,7 +1119,7 @@ def _best_tags(tracker: SweepTracker, spec: SweepSpec, search: _SweepCallback,
     return tags_out
 
 
-def _environment() -> dict[str, str]:
+def _environment(builtin_trainer: bool = True) -> dict[str, str]:
     import mlflow
     import torch
 
@@ -1128,8 +1128,9 @@ def _environment() -> dict[str, str]:
     return {
         "python": platform.python_version(), "platform": platform.platform(), "ray": ray.__version__,
         "optuna": optuna.__version__, "mlflow": mlflow.__version__, "torch": torch.__version__,
-        # fused CPU kernels or PyTorch's layers (the driver's; workers on the same image agree)
-        "trainer_kernels": fused.status(),
+        # the built-in MLP's path: fused kernels in the C++ or Python node, or PyTorch's layers (the
+        # driver's, built here before the first trial; workers on the same image agree)
+        "trainer_kernels": fused.status() if builtin_trainer else "not used (a user trainer)",
     }
 
 

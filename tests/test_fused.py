@@ -279,6 +279,25 @@ def test_a_failing_compile_is_reported(kernels_mode: pytest.MonkeyPatch, tmp_pat
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [".fused.lock"]  # nothing half-written left behind
 
 
+@needs_compiler
+def test_built_says_whether_status_would_compile(kernels_mode: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The CLI asks before a sweep, to say that it is compiling (the C++ node takes ~20 s)."""
+    kernels_mode.setenv("TRAINER_KERNEL_CACHE", str(tmp_path))
+    kernels_mode.setenv("TRAINER_KERNELS", "fused-python")
+    assert not fused.built()  # an empty cache
+    fused.build()
+    assert fused.built()  # the kernels are all fused-python needs
+    kernels_mode.setenv("TRAINER_KERNELS", "auto")
+    assert fused.built() == (fused._registered_operator() is not None)  # a loaded node needs no build
+    kernels_mode.setattr(fused, "_registered_operator", lambda: None)
+    assert not fused.built()  # the node's library is missing from this cache
+    fused._cached(tmp_path, "fused_node", fused._node_key())[1].write_text("c++ failed\n")
+    assert fused.built()  # a remembered failure: status() falls back at once
+    kernels_mode.setenv("TRAINER_KERNELS", "eager")
+    kernels_mode.setenv("TRAINER_KERNEL_CACHE", str(tmp_path / "empty"))
+    assert fused.built()
+
+
 def test_a_bad_mode_names_the_variable(kernels_mode: pytest.MonkeyPatch) -> None:
     kernels_mode.setenv("TRAINER_KERNELS", "fast")
     with pytest.raises(ValueError, match="TRAINER_KERNELS='fast': must be one of auto, fused, fused-python, eager"):

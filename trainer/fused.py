@@ -129,6 +129,12 @@ def _compiler(variable: str, default: str, language: str) -> str:
     return path
 
 
+def _cached(directory: Path, name: str, key_parts: Sequence[bytes]) -> tuple[Path, Path]:
+    """The library ``name-<hash>.so`` for these key parts and the machine type, and its ``.failed`` marker."""
+    key = hashlib.sha256(b"\0".join([*key_parts, os.uname().machine.encode()])).hexdigest()[:16]
+    return directory / f"{name}-{key}.so", directory / f"{name}-{key}.failed"
+
+
 def _compile(directory: Path, name: str, key_parts: Sequence[bytes], command: Callable[[str], list[str]],
              timeout: float, remember_failure: bool = False) -> Path:
     """The cached library ``directory/name-<hash of key_parts>.so``, compiled by ``command(output)`` if absent.
@@ -140,9 +146,7 @@ def _compile(directory: Path, name: str, key_parts: Sequence[bytes], command: Ca
     none. With ``remember_failure``, a compiler's error is written to ``name-<hash>.failed`` and
     raised again by later calls without compiling (delete the file to retry).
     """
-    key = hashlib.sha256(b"\0".join([*key_parts, os.uname().machine.encode()])).hexdigest()[:16]
-    target = directory / f"{name}-{key}.so"
-    failed = directory / f"{name}-{key}.failed"
+    target, failed = _cached(directory, name, key_parts)
 
     def done_before() -> bool:
         if remember_failure and failed.exists():
@@ -194,8 +198,17 @@ def build(directory: Path | None = None) -> Path:
     def command(output: str) -> list[str]:
         return [_compiler("CC", "cc", "C"), *FLAGS, "-o", output, str(SOURCE), "-lm"]
 
-    return _compile(cache_dir() if directory is None else directory, "fused",
-                    [SOURCE.read_bytes(), " ".join(FLAGS).encode()], command, timeout=120)
+    return _compile(cache_dir() if directory is None else directory, "fused", _kernel_key(), command, timeout=120)
+
+
+def _kernel_key() -> list[bytes]:
+    return [SOURCE.read_bytes(), " ".join(FLAGS).encode()]
+
+
+def _node_key() -> list[bytes]:
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    return [NODE_SOURCE.read_bytes(), SOURCE.read_bytes(), " ".join(NODE_FLAGS).encode(),
+            f"{torch.__version__} {torch.version.git_version} abi={abi} {Path(torch.__file__).parent}".encode()]
 
 
 def build_node(directory: Path | None = None) -> Path:
@@ -206,7 +219,6 @@ def build_node(directory: Path | None = None) -> Path:
     remembered in the cache (see :func:`_compile`), so each new worker does not pay it again.
     """
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    torch_dir = Path(torch.__file__).parent
 
     def command(output: str) -> list[str]:
         compiler = _compiler("CXX", "c++", "C++")
@@ -216,9 +228,7 @@ def build_node(directory: Path | None = None) -> Path:
                 str(NODE_SOURCE), "-x", "c", str(SOURCE), "-x", "none", "-o", output,
                 *(f"-L{p}" for p in library_paths()), *(f"-Wl,-rpath,{p}" for p in library_paths()), "-lc10", "-ltorch_cpu", "-ltorch", "-lm"]
 
-    key = [NODE_SOURCE.read_bytes(), SOURCE.read_bytes(), " ".join(NODE_FLAGS).encode(),
-           f"{torch.__version__} {torch.version.git_version} abi={abi} {torch_dir}".encode()]
-    return _compile(cache_dir() if directory is None else directory, "fused_node", key, command,
+    return _compile(cache_dir() if directory is None else directory, "fused_node", _node_key(), command,
                     timeout=600, remember_failure=True)
 
 
@@ -329,6 +339,23 @@ def node() -> Optional[Callable[..., torch.Tensor]]:
         logger.warning("the fused kernels' C++ autograd node is unavailable, using a Python node "
                        "(~6%% slower training step): %s", error)
     return _operator if _node_why == "" else None
+
+
+def built() -> bool:
+    """Whether :func:`status` has nothing left to compile in this process (so it returns at once).
+
+    True where the mode needs no library, where this process has decided its path, or where the
+    cache holds the libraries the mode needs (or a remembered failure of the C++ one).
+    """
+    chosen = mode()
+    if chosen == "eager" or (_status is not None and (_lib is None or _node_why is not None)):
+        return True
+    directory = cache_dir()
+    if not _cached(directory, "fused", _kernel_key())[0].exists():
+        return False
+    if chosen == "fused-python" or _registered_operator() is not None:
+        return True
+    return any(path.exists() for path in _cached(directory, "fused_node", _node_key()))
 
 
 def status() -> str:
