@@ -298,6 +298,17 @@ def test_built_says_whether_status_would_compile(kernels_mode: pytest.MonkeyPatc
     assert fused.built()
 
 
+def test_a_compiler_killed_by_a_signal_is_not_remembered(tmp_path: Path) -> None:
+    """An out-of-memory kill says nothing about the source: the next process tries again."""
+    compiler, log = _script_compiler(tmp_path, "killed-cxx", "kill -9 $$")
+    for _ in range(2):
+        with pytest.raises(fused.KernelBuildError, match="exit -9"):
+            fused._compile(tmp_path / "cache", "fused_node", [b"key"], lambda out: [str(compiler), "-o", out],
+                           timeout=60, remember_failure=True)
+    assert log.read_text().split() == ["run", "run"]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [".fused_node.lock"]
+
+
 def test_a_bad_mode_names_the_variable(kernels_mode: pytest.MonkeyPatch) -> None:
     kernels_mode.setenv("TRAINER_KERNELS", "fast")
     with pytest.raises(ValueError, match="TRAINER_KERNELS='fast': must be one of auto, fused, fused-python, eager"):

@@ -143,8 +143,9 @@ def _compile(directory: Path, name: str, key_parts: Sequence[bytes], command: Ca
     process dies), so processes that start together wait for one compile instead of running one
     each; it writes a temporary file that is renamed into place (atomic), so nothing
     half-written is ever loaded. ``command`` resolves the compiler, so an existing build needs
-    none. With ``remember_failure``, a compiler's error is written to ``name-<hash>.failed`` and
-    raised again by later calls without compiling (delete the file to retry).
+    none. With ``remember_failure``, a compiler's error (a non-zero exit, not a signal or a time-out)
+    is written to ``name-<hash>.failed`` and raised again by later calls without compiling (delete
+    the file to retry).
     """
     target, failed = _cached(directory, name, key_parts)
 
@@ -175,7 +176,7 @@ def _compile(directory: Path, name: str, key_parts: Sequence[bytes], command: Ca
             result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
             if result.returncode != 0:
                 message = f"{argv[0]} failed on {name} (exit {result.returncode}): {result.stderr.strip()[-2000:]}"
-                if remember_failure:
+                if remember_failure and result.returncode > 0:  # not a compiler killed by a signal (OOM)
                     failed.write_text(message + "\n")
                 raise KernelBuildError(message)
             os.replace(tmp, target)
