@@ -151,11 +151,15 @@ def _drive(spec: Any, source: str | None, results_dir: str | None, resume: Any) 
         if spec.trainer == "mlp":
             from trainer import fused
 
-            if not fused.built():
-                live.update(Text("compiling the trainer's fused kernels (once per machine and PyTorch version, "
-                                 "about 20 s)…"))
+            try:
+                if not fused.built():
+                    live.update(Text("compiling the trainer's fused kernels (once per machine and PyTorch "
+                                     "version, about 20 s)…"))
                 fused.status()  # builds them here, before any trial waits for them
-                live.update(Text(f"{'resuming' if resume else 'starting'} sweep {spec.name!r}…"))
+            except (ValueError, fused.KernelBuildError) as e:  # TRAINER_KERNELS: a bad value, or fused unbuildable
+                console.print(Text(f"trainer kernels: {e}", style="red"))
+                return EXIT_INVALID
+            live.update(Text(f"{'resuming' if resume else 'starting'} sweep {spec.name!r}…"))
         try:
             outcome = run_sweep(spec, source_text=source, progress=RichProgress(live),
                                 results_dir=results_dir, resume=resume)

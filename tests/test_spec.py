@@ -67,6 +67,31 @@ def test_invalid_file_starts_nothing(path: Path, tracking_uri: str, tmp_path: Pa
     assert not (tmp_path / "results").exists()
 
 
+def test_a_bad_trainer_kernels_setting_starts_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """TRAINER_KERNELS is checked by `sweep run` before Ray starts or any MLflow run exists."""
+    import sweeps.tune
+    from trainer import fused
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("run_sweep was called with a bad TRAINER_KERNELS")
+
+    monkeypatch.setattr(sweeps.tune, "run_sweep", must_not_run)
+    monkeypatch.setenv("TRAINER_KERNELS", "fastest")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    fused.reset()
+    try:
+        code = main(["run", str(EXAMPLES / "quickstart.yaml"), "--results-dir", str(tmp_path / "results")])
+    finally:
+        monkeypatch.undo()
+        fused.reset()
+    assert code == EXIT_INVALID
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert "TRAINER_KERNELS='fastest': must be one of auto, fused, fused-python, eager" in " ".join(out.split())
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "results").exists()
+
+
 def test_all_problems_are_reported_together() -> None:
     text = "name: x\nsearch: {trials: 0}\ndata: {dataset: nope}\nbogus: 1\n"
     with pytest.raises(SpecError) as info:
