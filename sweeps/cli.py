@@ -146,8 +146,8 @@ def _drive(spec: Any, source: str | None, results_dir: str | None, resume: Any) 
     from sweeps.tune import run_sweep  # imports Ray: only once the file is known to be valid
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    with Live(Text(f"{'resuming' if resume else 'starting'} sweep {spec.name!r}…"), console=console,
-              refresh_per_second=4, transient=False) as live:
+    starting = Text(f"{'resuming' if resume else 'starting'} sweep {spec.name!r}…")
+    with Live(starting, console=console, refresh_per_second=4, transient=False) as live:
         if spec.trainer == "mlp":
             from trainer import fused
 
@@ -159,7 +159,7 @@ def _drive(spec: Any, source: str | None, results_dir: str | None, resume: Any) 
             except (ValueError, fused.KernelBuildError) as e:  # TRAINER_KERNELS: a bad value, or fused unbuildable
                 console.print(Text(f"trainer kernels: {e}", style="red"))
                 return EXIT_INVALID
-            live.update(Text(f"{'resuming' if resume else 'starting'} sweep {spec.name!r}…"))
+            live.update(starting)
         try:
             outcome = run_sweep(spec, source_text=source, progress=RichProgress(live),
                                 results_dir=results_dir, resume=resume)

@@ -6,6 +6,7 @@ import os
 import shutil
 import sqlite3
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,17 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _empty_store: 
     uri = f"sqlite:///{db}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture
+def kernels_mode(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Lets a test set TRAINER_KERNELS / CC / CXX; trainer.fused looks its kernels up again before and after it."""
+    from trainer import fused
+
+    fused.reset()
+    yield monkeypatch
+    monkeypatch.undo()
+    fused.reset()
 
 
 def count_runs(db: Path) -> int:

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +22,6 @@ from trainer.model import MLP, BatchNorm, InvertedDropout, build_mlp
 
 needs_compiler = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("c++") is None,
                                     reason="no C and C++ compilers (cc, c++) on this machine")
-
-
-@pytest.fixture
-def kernels_mode(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    """Lets a test set TRAINER_KERNELS / CC; the kernels are looked up again before and after it."""
-    fused.reset()
-    yield monkeypatch
-    monkeypatch.undo()
-    fused.reset()
 
 
 def _script_compiler(tmp_path: Path, name: str, then: str) -> tuple[Path, Path]:

@@ -68,23 +68,17 @@ def test_invalid_file_starts_nothing(path: Path, tracking_uri: str, tmp_path: Pa
 
 
 def test_a_bad_trainer_kernels_setting_starts_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                      kernels_mode: pytest.MonkeyPatch) -> None:
     """TRAINER_KERNELS is checked by `sweep run` before Ray starts or any MLflow run exists."""
     import sweeps.tune
-    from trainer import fused
 
     def must_not_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("run_sweep was called with a bad TRAINER_KERNELS")
 
-    monkeypatch.setattr(sweeps.tune, "run_sweep", must_not_run)
-    monkeypatch.setenv("TRAINER_KERNELS", "fastest")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    fused.reset()
-    try:
-        code = main(["run", str(EXAMPLES / "quickstart.yaml"), "--results-dir", str(tmp_path / "results")])
-    finally:
-        monkeypatch.undo()
-        fused.reset()
+    kernels_mode.setattr(sweeps.tune, "run_sweep", must_not_run)
+    kernels_mode.setenv("TRAINER_KERNELS", "fastest")
+    kernels_mode.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    code = main(["run", str(EXAMPLES / "quickstart.yaml"), "--results-dir", str(tmp_path / "results")])
     assert code == EXIT_INVALID
     captured = capsys.readouterr()
     out = captured.out + captured.err

@@ -87,6 +87,7 @@ NODE_FLAGS = ("-std=c++20", *FLAGS)  # fused.c is compiled into the node's libra
 MODES = ("auto", "fused", "fused-python", "eager")
 Mode = Literal["auto", "fused", "fused-python", "eager"]
 OPERATOR = "sweeps_fused::hidden_stack"  # fused_node.cpp's TORCH_LIBRARY
+_CXX11_ABI = int(torch._C._GLIBCXX_USE_CXX11_ABI)  # the node must be compiled with PyTorch's C++ ABI
 
 _LITTLE_ENDIAN = sys.byteorder == "little"  # the kernels read the mask words natively, numpy's as "<u2"
 _P, _I64, _I32, _F32, _F64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float, ctypes.c_double
@@ -207,9 +208,8 @@ def _kernel_key() -> list[bytes]:
 
 
 def _node_key() -> list[bytes]:
-    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     return [NODE_SOURCE.read_bytes(), SOURCE.read_bytes(), " ".join(NODE_FLAGS).encode(),
-            f"{torch.__version__} {torch.version.git_version} abi={abi} {Path(torch.__file__).parent}".encode()]
+            f"{torch.__version__} {torch.version.git_version} abi={_CXX11_ABI} {Path(torch.__file__).parent}".encode()]
 
 
 def build_node(directory: Path | None = None) -> Path:
@@ -219,13 +219,11 @@ def build_node(directory: Path | None = None) -> Path:
     libraries), with ``$CXX`` (default ``c++``); about 15 s on two cores. A compiler's error is
     remembered in the cache (see :func:`_compile`), so each new worker does not pay it again.
     """
-    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-
     def command(output: str) -> list[str]:
         compiler = _compiler("CXX", "c++", "C++")
         from torch.utils.cpp_extension import include_paths, library_paths  # imports setuptools: only to build
 
-        return [compiler, *NODE_FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *(f"-I{p}" for p in include_paths()),
+        return [compiler, *NODE_FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={_CXX11_ABI}", *(f"-I{p}" for p in include_paths()),
                 str(NODE_SOURCE), "-x", "c", str(SOURCE), "-x", "none", "-o", output,
                 *(f"-L{p}" for p in library_paths()), *(f"-Wl,-rpath,{p}" for p in library_paths()), "-lc10", "-ltorch_cpu", "-ltorch", "-lm"]
 

@@ -160,7 +160,7 @@ class MLP(nn.Sequential):
         A hidden layer is fused when it has something to fuse: ``Linear -> BatchNorm -> ReLU
         [-> InvertedDropout]`` or ``Linear -> ReLU -> InvertedDropout``; consecutive fused layers
         form one step (one autograd node). A plain ``Linear -> ReLU`` stays two modules: PyTorch's
-        native nodes are faster than a Python one there.
+        native nodes are as fast as the C++ node there (measured), and faster than a Python one.
         """
         modules = tuple(self._modules.values())
         cached = self.__dict__.get("_cached_plan")
