@@ -348,7 +348,7 @@ class SweepSpec(_Frozen):
     def _check_name(cls, v: str) -> str:
         if not NAME_PATTERN.match(v):
             raise ValueError(
-                f"use 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit"
+                "use 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit"
             )
         return v
 

@@ -147,7 +147,10 @@ def test_a_nan_stays_visible() -> None:
 @needs_compiler
 def test_plain_layers_are_left_to_pytorch() -> None:
     model = build_mlp(MLPConfig(hidden_sizes=(8, 8)), n_features=4, n_outputs=2)
-    assert all(not layers and len(run) == 1 for layers, run in model._plan())
+    # Linear -> ReLU pairs with the ReLU in place (None), then the output layer alone
+    assert [(layers, len(run)) for layers, run in model._plan()] == [(None, 2), (None, 2), ([], 1)]
+    model = build_mlp(MLPConfig(hidden_sizes=(8,), activation="tanh"), n_features=4, n_outputs=2)
+    assert all(layers == [] and len(run) == 1 for layers, run in model._plan())
     model = build_mlp(MLPConfig(hidden_sizes=(8, 8, 8), norm="batchnorm"), n_features=4, n_outputs=2)
     assert [(len(layers), len(run)) for layers, run in model._plan()] == [(3, 9), (0, 1)]  # one stack
     model = build_mlp(MLPConfig(hidden_sizes=(8, 8), residual=True, dropout=0.1), n_features=4, n_outputs=2)
@@ -167,6 +170,31 @@ def test_training_with_dropout_is_bit_identical_on_both_paths(kernels_mode: pyte
     assert [m.train_loss for m in on.history] == [m.train_loss for m in off.history]
     for a, b in zip(on.model.state_dict().values(), off.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+@needs_compiler
+def test_plain_training_with_the_relu_in_place_is_bit_identical(kernels_mode: pytest.MonkeyPatch) -> None:
+    data, config = tiny(n=96), MLPConfig(hidden_sizes=(16, 16), epochs=3, batch_size=16)
+    assert fused.status() == "fused"
+    on = train(config, data, threads=1)
+    kernels_mode.setenv("TRAINER_KERNELS", "eager")  # module by module: nn.ReLU's own output buffer
+    fused.reset()
+    off = train(config, data, threads=1)
+    assert [m.train_loss for m in on.history] == [m.train_loss for m in off.history]
+    for a, b in zip(on.model.state_dict().values(), off.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@needs_compiler
+def test_a_hook_on_the_linear_sees_its_own_output() -> None:
+    """The in-place ReLU steps aside where a hook could hold the Linear's output."""
+    model = build_mlp(MLPConfig(hidden_sizes=(8,)), n_features=4, n_outputs=2)
+    kept: list[torch.Tensor] = []
+    model[0].register_forward_hook(lambda module, inputs, output: kept.append(output))
+    x = torch.randn(16, 4)
+    model(x).sum().backward()
+    assert torch.equal(kept[0], torch.nn.functional.linear(x, model[0].weight, model[0].bias))
+    assert (kept[0] < 0).any()  # a ReLU in place would have zeroed these
 
 
 @needs_compiler

@@ -253,3 +253,26 @@ def test_corrupt_idx_file_is_refused(tmp_path: Path) -> None:
 def test_max_train_samples_subsamples() -> None:
     ds = load_dataset(DataConfig(dataset="digits", max_train_samples=100))
     assert len(ds.x_train) == 100
+
+
+def test_epoch_predictions_match_a_per_batch_argmax(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer.loop import _Predictions
+
+    monkeypatch.setattr(_Predictions, "PENDING", 7)  # an argmax every batch or two
+    g = torch.Generator().manual_seed(0)
+    outs = [torch.randn(n, 3, generator=g) for n in (4, 1, 5, 2)]
+    multiclass, binary = _Predictions(multiclass=True), _Predictions(multiclass=False)
+    for out in outs:
+        multiclass.add(out)
+        binary.add(out[:, :1])
+    assert torch.equal(multiclass.result(), torch.cat([out.argmax(dim=1) for out in outs]))
+    assert len(multiclass.done) == 3  # 12 elements, then 3 + 15, then the last 6
+    assert torch.equal(binary.result(), torch.cat([out[:, 0] for out in outs]))
+
+
+def test_loop_doctests() -> None:
+    import doctest
+
+    from trainer import loop
+
+    assert doctest.testmod(loop, raise_on_error=False).failed == 0

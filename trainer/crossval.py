@@ -42,7 +42,6 @@ from trainer.config import MLPConfig
 from trainer.data import IDX_DATASETS, DataConfig, Dataset, RawData, assemble, load_raw, split_pool_and_test
 from trainer.loop import (
     EARLY_STOPPED,
-    FINISHED,
     Checkpoint,
     EpochMetrics,
     Epochs,
