@@ -64,7 +64,7 @@ def test_batchnorm_layer_matches_the_eager_layers(dropout: float) -> None:
     x, gy = 2 + 3 * torch.randn(32, 5, generator=g), torch.randn(32, 6, generator=g)
     layers = _layer(norm=True, dropout=dropout)
     eager, ours = nn.Sequential(*copy.deepcopy(layers)), MLP(*copy.deepcopy(layers))
-    assert [run for _, run in ours._plan()] == [tuple(ours)]  # one fused step
+    assert [run for _, run, _ in ours._plan()] == [tuple(ours)]  # one fused step
     for _ in range(3):  # running averages and mask streams over several steps
         y_eager, grads_eager = _run(eager, x, gy)
         y_ours, grads_ours = _run(ours, x, gy)
@@ -86,7 +86,7 @@ def test_a_stack_of_layers_matches_the_eager_layers() -> None:
     torch.manual_seed(4)
     config = MLPConfig(hidden_sizes=(12, 10, 8), norm="batchnorm", dropout=0.25, seed=4)
     ours = build_mlp(config, n_features=5, n_outputs=3)
-    assert [len(layers) for layers, _ in ours._plan()] == [3, 0]
+    assert [(len(layers), output) for layers, _, output in ours._plan()] == [(3, ours[-1])]  # with the output layer
     eager = nn.Sequential(*copy.deepcopy(list(ours)))
     x, gy = torch.randn(40, 5), torch.randn(40, 3)
     for _ in range(2):
@@ -99,19 +99,57 @@ def test_a_stack_of_layers_matches_the_eager_layers() -> None:
 
 
 @needs_compiler
-def test_dropout_layer_is_bit_identical_to_the_eager_layers() -> None:
+def test_dropout_layer_matches_the_eager_layers() -> None:
+    """The bias added in the ReLU's pass and its gradient summed there: float32 rounding apart, the same."""
     g = torch.Generator().manual_seed(2)
     x, gy = torch.randn(64, 5, generator=g), torch.randn(64, 6, generator=g)
     layers = _layer(norm=False, dropout=0.4)
     eager, ours = nn.Sequential(*copy.deepcopy(layers)), MLP(*copy.deepcopy(layers))
-    assert [run for _, run in ours._plan()] == [tuple(ours)]
+    assert [run for _, run, _ in ours._plan()] == [tuple(ours)]
     for _ in range(2):
         y_eager, grads_eager = _run(eager, x, gy)
         y_ours, grads_ours = _run(ours, x, gy)
-        assert torch.equal(y_ours, y_eager)
+        assert torch.allclose(y_ours, y_eager, atol=1e-6, rtol=1e-6)
+        assert ((y_ours == 0) == (y_eager == 0)).all()  # the same units dropped or cut by the ReLU
         assert len(grads_ours) == 3  # input, weight, bias
         for a, b in zip(grads_ours, grads_eager):
-            assert torch.equal(a, b)
+            assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+@needs_compiler
+def test_the_output_layer_in_the_node_matches_the_eager_layers() -> None:
+    """ReLU layers with the output layer in one node: outputs (negative ones too) and every gradient."""
+    torch.manual_seed(8)
+    ours = build_mlp(MLPConfig(hidden_sizes=(12, 10), dropout=0.2, seed=8), n_features=5, n_outputs=4)
+    eager = nn.Sequential(*copy.deepcopy(list(ours)))
+    assert [(len(layers), output) for layers, _, output in ours._plan()] == [(2, ours[-1])]
+    x, gy = torch.randn(40, 5), torch.randn(40, 4)
+    for _ in range(2):
+        y_eager, grads_eager = _run(eager, x, gy)
+        y_ours, grads_ours = _run(ours, x, gy)
+        assert (y_ours < 0).any()  # no ReLU on the output layer
+        assert torch.allclose(y_ours, y_eager, atol=1e-6, rtol=1e-5)
+        assert len(grads_ours) == len(grads_eager) == 1 + len(list(ours.parameters()))
+        for a, b in zip(grads_ours, grads_eager):
+            assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+@needs_compiler
+@pytest.mark.parametrize("rows", [1, 15, 16, 17, 128, 100_003])
+def test_bias_gradients_are_sums_of_the_rows(rows: int) -> None:
+    """column_sums and relu_drop_bwd's bias sums: float sums of 16 rows, added in double, for any batch."""
+    lib = fused.kernels()
+    g = torch.Generator().manual_seed(rows)
+    gy = torch.randn(rows, 7, generator=g) + 3  # an offset: a long float sum would drift from the exact one
+    y = torch.randn(rows, 7, generator=g).relu()  # where the ReLU passed
+    exact = gy.double().sum(0)
+    out = torch.empty(7)
+    lib.column_sums(gy.data_ptr(), rows, 7, out.data_ptr())
+    assert torch.allclose(out.double(), exact, rtol=1e-6, atol=1e-5)
+    gh, dbias = torch.empty(rows, 7), torch.empty(7)
+    lib.relu_drop_bwd(gy.data_ptr(), y.data_ptr(), rows, 7, 2.0, gh.data_ptr(), dbias.data_ptr())
+    assert torch.equal(gh, torch.where(y > 0, gy * 2.0, torch.zeros(())))
+    assert torch.allclose(dbias.double(), gh.double().sum(0), rtol=1e-6, atol=1e-5)
 
 
 @needs_compiler
@@ -145,56 +183,55 @@ def test_a_nan_stays_visible() -> None:
 
 
 @needs_compiler
-def test_plain_layers_are_left_to_pytorch() -> None:
+def test_the_plan_fuses_relu_layers_with_the_output_layer() -> None:
     model = build_mlp(MLPConfig(hidden_sizes=(8, 8)), n_features=4, n_outputs=2)
-    # Linear -> ReLU pairs with the ReLU in place (None), then the output layer alone
-    assert [(layers, len(run)) for layers, run in model._plan()] == [(None, 2), (None, 2), ([], 1)]
+    assert [(len(layers), len(run), output) for layers, run, output in model._plan()] == [(2, 5, model[4])]
     model = build_mlp(MLPConfig(hidden_sizes=(8,), activation="tanh"), n_features=4, n_outputs=2)
-    assert all(layers == [] and len(run) == 1 for layers, run in model._plan())
+    assert all(layers == [] and len(run) == 1 and output is None for layers, run, output in model._plan())
     model = build_mlp(MLPConfig(hidden_sizes=(8, 8, 8), norm="batchnorm"), n_features=4, n_outputs=2)
-    assert [(len(layers), len(run)) for layers, run in model._plan()] == [(3, 9), (0, 1)]  # one stack
+    assert [(len(layers), len(run)) for layers, run, _ in model._plan()] == [(3, 10)]  # one stack
     model = build_mlp(MLPConfig(hidden_sizes=(8, 8), residual=True, dropout=0.1), n_features=4, n_outputs=2)
-    assert [len(run) for _, run in model._plan()] == [3, 1, 1]  # the residual block fuses inside
-    assert [len(run) for _, run in model[3].block._plan()] == [3]
+    # the residual block fuses inside; the output layer after it runs by itself
+    assert [(len(run), output) for _, run, output in model._plan()] == [(3, None), (1, None), (1, None)]
+    assert [len(run) for _, run, _ in model[3].block._plan()] == [3]
+    assert [len(run) for _, run, _ in model[:-1]._plan()] == [3, 1]  # a slice has no output layer
 
 
 @needs_compiler
-def test_training_with_dropout_is_bit_identical_on_both_paths(kernels_mode: pytest.MonkeyPatch) -> None:
-    data, config = tiny(n=96), MLPConfig(hidden_sizes=(16, 16), dropout=0.3, epochs=3, batch_size=16)
+def test_a_hooked_module_runs_by_itself(kernels_mode: pytest.MonkeyPatch) -> None:
+    """A hook runs where its module is called: a hooked stack runs module by module, the same numbers."""
+    model = build_mlp(MLPConfig(hidden_sizes=(8,), dropout=0.3), n_features=4, n_outputs=2)
+    hooked = copy.deepcopy(model)
+    kept: list[torch.Tensor] = []
+    hooked[0].register_forward_hook(lambda module, inputs, output: kept.append(output))
+    x, gy = torch.randn(16, 4), torch.randn(16, 2)
+    y, grads = _run(model, x, gy)
+    y_hooked, grads_hooked = _run(hooked, x, gy)
+    assert len(kept) == 1 and torch.equal(kept[0], torch.nn.functional.linear(x, model[0].weight, model[0].bias))
+    # module by module: PyTorch's layers, which agree with the node to float32 rounding
+    assert torch.allclose(y, y_hooked, atol=1e-6) and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, grads_hooked))
+    kept.clear()
+    hooked[0]._forward_hooks.clear()
+    assert torch.equal(_run(hooked, x, gy)[0], _run(model, x, gy)[0]) and not kept  # fused again, unhooked
+
+
+@needs_compiler
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_training_agrees_with_the_eager_path(kernels_mode: pytest.MonkeyPatch, dropout: float) -> None:
+    """Plain and dropout layers (and the output layer) in the node: the eager path's run, to float32 rounding."""
+    data = tiny(n=96)
+    config = MLPConfig(hidden_sizes=(16, 16), dropout=dropout, epochs=3, batch_size=16)
     assert fused.status() == "fused"
     on = train(config, data, threads=1)
     kernels_mode.setenv("TRAINER_KERNELS", "eager")
     fused.reset()
     assert fused.status().startswith("eager")
     off = train(config, data, threads=1)
-    assert [m.train_loss for m in on.history] == [m.train_loss for m in off.history]
+    for a, b in zip(on.history, off.history):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-5)
+        assert a.val_loss == pytest.approx(b.val_loss, rel=1e-5)
     for a, b in zip(on.model.state_dict().values(), off.model.state_dict().values()):
-        assert torch.equal(a, b)
-
-
-@needs_compiler
-def test_plain_training_with_the_relu_in_place_is_bit_identical(kernels_mode: pytest.MonkeyPatch) -> None:
-    data, config = tiny(n=96), MLPConfig(hidden_sizes=(16, 16), epochs=3, batch_size=16)
-    assert fused.status() == "fused"
-    on = train(config, data, threads=1)
-    kernels_mode.setenv("TRAINER_KERNELS", "eager")  # module by module: nn.ReLU's own output buffer
-    fused.reset()
-    off = train(config, data, threads=1)
-    assert [m.train_loss for m in on.history] == [m.train_loss for m in off.history]
-    for a, b in zip(on.model.state_dict().values(), off.model.state_dict().values()):
-        assert torch.equal(a, b)
-
-
-@needs_compiler
-def test_a_hook_on_the_linear_sees_its_own_output() -> None:
-    """The in-place ReLU steps aside where a hook could hold the Linear's output."""
-    model = build_mlp(MLPConfig(hidden_sizes=(8,)), n_features=4, n_outputs=2)
-    kept: list[torch.Tensor] = []
-    model[0].register_forward_hook(lambda module, inputs, output: kept.append(output))
-    x = torch.randn(16, 4)
-    model(x).sum().backward()
-    assert torch.equal(kept[0], torch.nn.functional.linear(x, model[0].weight, model[0].bias))
-    assert (kept[0] < 0).any()  # a ReLU in place would have zeroed these
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
 @needs_compiler
@@ -350,6 +387,7 @@ def _on_node(kernels_mode: pytest.MonkeyPatch, chosen: str) -> None:
     ("batchnorm", 0.3, (12, 10, 8)),  # bias-less layers, batch norm and dropout: every argument kind
     ("none", 0.4, (12, 10)),
     ("batchnorm", 0.0, (12,)),
+    ("none", 0.0, (12, 10)),  # plain ReLU layers
 ])
 def test_the_cpp_node_is_bit_identical_to_the_python_node(
     kernels_mode: pytest.MonkeyPatch, norm: str, dropout: float, sizes: tuple[int, ...]
@@ -358,7 +396,7 @@ def test_the_cpp_node_is_bit_identical_to_the_python_node(
     torch.manual_seed(6)
     in_cpp = build_mlp(MLPConfig(hidden_sizes=sizes, norm=norm, dropout=dropout, seed=6), n_features=5, n_outputs=3)
     in_python = copy.deepcopy(in_cpp)
-    assert [len(layers) for layers, _ in in_cpp._plan()] == [len(sizes), 0]
+    assert [(len(layers), output) for layers, _, output in in_cpp._plan()] == [(len(sizes), in_cpp[-1])]
     g = torch.Generator().manual_seed(6)
     x, gy = torch.randn(24, 5, generator=g), torch.randn(24, 3, generator=g)
     runs = []
@@ -405,15 +443,19 @@ def test_the_operator_checks_its_arguments() -> None:
     operator = fused.node()
     assert operator is not None
     x, w = torch.randn(2, 3), torch.randn(4, 3)
-    with pytest.raises(RuntimeError, match="three entries per layer"):
-        operator(x, [w], [], [], [0, 0], [1.0, 0.0])
+    with pytest.raises(RuntimeError, match="four entries per layer and scalars three"):
+        operator(x, [w], [], [], [0, 0, 1], [1.0, 0.0, 0.0])
     with pytest.raises(RuntimeError, match="fewer params"):
-        operator(x, [w], [], [], [1, 0, 0], [1.0, 0.0, 0.0])  # a bias named, none given
+        operator(x, [w], [], [], [1, 0, 1, 0], [1.0, 0.0, 0.0])  # a bias named, none given
     with pytest.raises(RuntimeError, match="more params"):
-        operator(x, [w, w], [], [], [0, 0, 0], [1.0, 0.0, 0.0])
+        operator(x, [w, w], [], [], [0, 0, 1, 0], [1.0, 0.0, 0.0])
     with pytest.raises(RuntimeError, match="words must be a contiguous CPU tensor of 2 Long"):
-        operator(x, [w], [], [torch.zeros(1, dtype=torch.int64)], [0, 0, 100], [1.0, 0.0, 0.0])
-    assert operator(x, [w], [], [], [0, 0, 0], [1.0, 0.0, 0.0]).shape == (2, 4)
+        operator(x, [w], [], [torch.zeros(1, dtype=torch.int64)], [0, 0, 1, 100], [1.0, 0.0, 0.0])
+    with pytest.raises(RuntimeError, match="only the last layer may be an output layer"):
+        operator(x, [w, torch.randn(5, 4)], [], [], [0, 0, 0, 0, 0, 0, 1, 0], [1.0, 0.0, 0.0] * 2)
+    assert operator(x, [w], [], [], [0, 0, 1, 0], [1.0, 0.0, 0.0]).shape == (2, 4)
+    z = operator(x, [w], [], [], [0, 0, 0, 0], [1.0, 0.0, 0.0])  # an output layer: no ReLU
+    assert torch.equal(z, x @ w.t()) and (z < 0).any()
 
 
 @needs_compiler

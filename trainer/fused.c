@@ -3,7 +3,8 @@
  * the system C compiler on first use and calls it through ctypes).
  *
  *   bn_relu_drop_fwd / _bwd: batch norm (training mode, batch statistics) -> ReLU -> inverted dropout
- *   relu_drop_fwd / _bwd:    ReLU -> inverted dropout
+ *   relu_drop_fwd / _bwd:    (+ bias) -> ReLU -> inverted dropout, the bias gradient in the same pass
+ *   bias_add, column_sums:   the output layer's bias and its gradient
  *
  * Tensors are float32, row-major (n, c), contiguous. The dropout mask is not drawn here: the caller
  * passes the layer's 16-bit uniform integers u (numpy's PCG64 words, as InvertedDropout draws them)
@@ -17,6 +18,7 @@
  * one accumulator per column). -fno-trapping-math lets it turn the compares into blends.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
@@ -127,30 +129,96 @@ void bn_relu_drop_bwd(const float *restrict gy, const float *restrict z, const f
     }
 }
 
-/* y = max(h, 0) * m over `count` elements (m from u as above; u == NULL: no dropout, y = max(h, 0)) */
+/*
+ * y = max(h + b, 0) * m over n rows of c (b: the Linear's bias, NULL: none; m from u as above,
+ * u == NULL: no dropout). h is the Linear's product x W^T: the bias is added here, in the same pass
+ * as the ReLU, instead of by the product (addmm's copy of the bias into its output, a pass of its
+ * own). y may be h (in place): each element is read before it is written.
+ */
 KERNEL
-void relu_drop_fwd(const float *restrict h, float *restrict y, int64_t count,
+void relu_drop_fwd(const float *h, float *y, int64_t n, int64_t c, const float *restrict bias,
                    const uint16_t *restrict u, int32_t level, float scale)
 {
-    if (!u) {
-        for (int64_t i = 0; i < count; i++) y[i] = h[i] <= 0.f ? 0.f : h[i];
-        return;
-    }
-    for (int64_t i = 0; i < count; i++) {
-        const float m = u[i] >= (uint16_t)level ? scale : 0.f;
-        y[i] = (h[i] <= 0.f ? 0.f : h[i]) * m;
+    for (int64_t i = 0; i < n; i++) {
+        const float *hr = h + i * c;
+        float *yr = y + i * c;
+        const uint16_t *restrict ur = u ? u + i * c : NULL;
+        for (int64_t j = 0; j < c; j++) {
+            const float v = bias ? hr[j] + bias[j] : hr[j];
+            const float r = v <= 0.f ? 0.f : v;
+            yr[j] = ur ? r * (ur[j] >= (uint16_t)level ? scale : 0.f) : r;
+        }
     }
 }
 
-/* gh = gy * scale where y > 0 (or NaN, as PyTorch's ReLU backward), else 0 */
+/* z_ij += b_j: the output layer's bias, added to its product x W^T in place */
 KERNEL
-void relu_drop_bwd(const float *restrict gy, const float *restrict y, int64_t count, float scale,
-                   float *restrict gh)
+void bias_add(float *restrict z, int64_t n, int64_t c, const float *restrict bias)
 {
-    for (int64_t i = 0; i < count; i++) {
-        const float gs = gy[i] * scale;
-        gh[i] = y[i] <= 0.f ? 0.f : gs;
+    for (int64_t i = 0; i < n; i++) {
+        float *restrict zr = z + i * c;
+        for (int64_t j = 0; j < c; j++) zr[j] += bias[j];
     }
+}
+
+#define SUM_BLOCK 16  /* rows summed in float before a double accumulator takes them */
+
+/*
+ * out_j = sum_i g_ij, the bias gradient: float sums of SUM_BLOCK rows, added up in double, so that
+ * the error stays that of a 16-term float sum for any batch size (a full-batch epoch included).
+ */
+KERNEL
+void column_sums(const float *restrict g, int64_t n, int64_t c, float *restrict out)
+{
+    double acc[c];
+    float part[c];
+    for (int64_t j = 0; j < c; j++) acc[j] = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += SUM_BLOCK) {
+        const int64_t i1 = i0 + SUM_BLOCK < n ? i0 + SUM_BLOCK : n;
+        for (int64_t j = 0; j < c; j++) part[j] = 0.f;
+        for (int64_t i = i0; i < i1; i++) {
+            const float *restrict gr = g + i * c;
+            for (int64_t j = 0; j < c; j++) part[j] += gr[j];
+        }
+        for (int64_t j = 0; j < c; j++) acc[j] += part[j];
+    }
+    for (int64_t j = 0; j < c; j++) out[j] = (float)acc[j];
+}
+
+/*
+ * gh = gy * scale where y > 0 (or NaN, as PyTorch's ReLU backward), else 0, over n rows of c; gh may
+ * be gy (in place). dbias (NULL: none) = column sums of gh, as column_sums adds them up.
+ */
+KERNEL
+void relu_drop_bwd(const float *gy, const float *restrict y, int64_t n, int64_t c, float scale, float *gh,
+                   float *restrict dbias)
+{
+    double acc[dbias ? c : 1];
+    float part[dbias ? c : 1];
+    if (dbias)
+        for (int64_t j = 0; j < c; j++) acc[j] = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += SUM_BLOCK) {
+        const int64_t i1 = i0 + SUM_BLOCK < n ? i0 + SUM_BLOCK : n;
+        if (dbias)
+            for (int64_t j = 0; j < c; j++) part[j] = 0.f;
+        for (int64_t i = i0; i < i1; i++) {
+            const float *gr = gy + i * c, *restrict yr = y + i * c;
+            float *hr = gh + i * c;
+            if (dbias) {
+                for (int64_t j = 0; j < c; j++) {
+                    const float v = yr[j] <= 0.f ? 0.f : gr[j] * scale;
+                    hr[j] = v;
+                    part[j] += v;
+                }
+            } else {
+                for (int64_t j = 0; j < c; j++) hr[j] = yr[j] <= 0.f ? 0.f : gr[j] * scale;
+            }
+        }
+        if (dbias)
+            for (int64_t j = 0; j < c; j++) acc[j] += part[j];
+    }
+    if (dbias)
+        for (int64_t j = 0; j < c; j++) dbias[j] = (float)acc[j];
 }
 
 /*
