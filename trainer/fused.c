@@ -92,11 +92,12 @@ void bn_relu_drop_fwd(const float *restrict z, float *restrict y, int64_t n, int
  *   g_ij = gy_ij * scale where y_ij > 0 (or NaN), else 0   (through dropout and ReLU)
  *   dbeta_j = sum_i g_ij,  dgamma_j = sum_i g_ij xhat_ij,  xhat_ij = (z_ij - mean_j) invstd_j
  *   gz_ij = gamma_j invstd_j (g_ij - dbeta_j / n - xhat_ij dgamma_j / n)
+ * gz may be gy (in place): the second pass reads each element of gy before it writes it.
  */
 KERNEL
-void bn_relu_drop_bwd(const float *restrict gy, const float *restrict z, const float *restrict y, int64_t n,
+void bn_relu_drop_bwd(const float *gy, const float *restrict z, const float *restrict y, int64_t n,
                       int64_t c, const float *restrict gamma, const float *restrict stats, float scale,
-                      float *restrict gz, float *restrict dgamma, float *restrict dbeta)
+                      float *gz, float *restrict dgamma, float *restrict dbeta)
 {
     const float *restrict mean = stats, *restrict invstd = stats + c;
     const float inv_n = 1.0f / (float)n;
@@ -119,8 +120,8 @@ void bn_relu_drop_bwd(const float *restrict gy, const float *restrict z, const f
         kx[j] = dgamma[j] * inv_n * invstd[j];  /* xhat dgamma / n = (z - mean) kx */
     }
     for (int64_t i = 0; i < n; i++) {
-        const float *restrict g = gy + i * c, *restrict zr = z + i * c, *restrict yr = y + i * c;
-        float *restrict o = gz + i * c;
+        const float *g = gy + i * c, *restrict zr = z + i * c, *restrict yr = y + i * c;
+        float *o = gz + i * c;
         for (int64_t j = 0; j < c; j++) {
             const float gs = g[j] * scale;
             const float ga = yr[j] <= 0.f ? 0.f : gs;

@@ -513,7 +513,7 @@ class _HiddenStack(torch.autograd.Function):
                 if dbias is not None:
                     lib.column_sums(gz.data_ptr(), n, c, dbias.data_ptr())
             elif norm:
-                gz = torch.empty_like(y)
+                gz = g if ours else torch.empty_like(y)
                 h, weight, z, gamma, stats = saved[-5:]
                 del saved[-5:]
                 n, c = z.shape
