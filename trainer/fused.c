@@ -165,30 +165,37 @@ void bias_add(float *restrict z, int64_t n, int64_t c, const float *restrict bia
 #define SUM_BLOCK 16  /* rows summed in float before a double accumulator takes them */
 
 /*
- * out_j = sum_i g_ij, the bias gradient: float sums of SUM_BLOCK rows, added up in double, so that
- * the error stays that of a 16-term float sum for any batch size (a full-batch epoch included).
+ * The bias gradient's summation, one block of `rows` (<= SUM_BLOCK) rows of c at a time: their
+ * float sum per column, in row order, added to the double accumulators acc. A whole sum so made
+ * keeps the error of a 16-term float sum for any batch size (a full-batch epoch included).
  */
+static inline void add_block(const float *restrict g, int64_t rows, int64_t c, float *restrict part,
+                             double *restrict acc)
+{
+    for (int64_t j = 0; j < c; j++) part[j] = 0.f;
+    for (int64_t i = 0; i < rows; i++) {
+        const float *restrict gr = g + i * c;
+        for (int64_t j = 0; j < c; j++) part[j] += gr[j];
+    }
+    for (int64_t j = 0; j < c; j++) acc[j] += part[j];
+}
+
+/* out_j = sum_i g_ij (the output layer's, or a batch-norm layer's, bias gradient), by add_block */
 KERNEL
 void column_sums(const float *restrict g, int64_t n, int64_t c, float *restrict out)
 {
     double acc[c];
     float part[c];
     for (int64_t j = 0; j < c; j++) acc[j] = 0.0;
-    for (int64_t i0 = 0; i0 < n; i0 += SUM_BLOCK) {
-        const int64_t i1 = i0 + SUM_BLOCK < n ? i0 + SUM_BLOCK : n;
-        for (int64_t j = 0; j < c; j++) part[j] = 0.f;
-        for (int64_t i = i0; i < i1; i++) {
-            const float *restrict gr = g + i * c;
-            for (int64_t j = 0; j < c; j++) part[j] += gr[j];
-        }
-        for (int64_t j = 0; j < c; j++) acc[j] += part[j];
-    }
+    for (int64_t i0 = 0; i0 < n; i0 += SUM_BLOCK)
+        add_block(g + i0 * c, i0 + SUM_BLOCK < n ? SUM_BLOCK : n - i0, c, part, acc);
     for (int64_t j = 0; j < c; j++) out[j] = (float)acc[j];
 }
 
 /*
  * gh = gy * scale where y > 0 (or NaN, as PyTorch's ReLU backward), else 0, over n rows of c; gh may
- * be gy (in place). dbias (NULL: none) = column sums of gh, as column_sums adds them up.
+ * be gy (in place). dbias (NULL: none) = column sums of gh, as column_sums makes them: each block of
+ * rows is summed (add_block) right after it is written, while it is in the cache.
  */
 KERNEL
 void relu_drop_bwd(const float *gy, const float *restrict y, int64_t n, int64_t c, float scale, float *gh,
@@ -199,24 +206,14 @@ void relu_drop_bwd(const float *gy, const float *restrict y, int64_t n, int64_t 
     if (dbias)
         for (int64_t j = 0; j < c; j++) acc[j] = 0.0;
     for (int64_t i0 = 0; i0 < n; i0 += SUM_BLOCK) {
-        const int64_t i1 = i0 + SUM_BLOCK < n ? i0 + SUM_BLOCK : n;
-        if (dbias)
-            for (int64_t j = 0; j < c; j++) part[j] = 0.f;
-        for (int64_t i = i0; i < i1; i++) {
+        const int64_t rows = i0 + SUM_BLOCK < n ? SUM_BLOCK : n - i0;
+        for (int64_t i = i0; i < i0 + rows; i++) {
             const float *gr = gy + i * c, *restrict yr = y + i * c;
             float *hr = gh + i * c;
-            if (dbias) {
-                for (int64_t j = 0; j < c; j++) {
-                    const float v = yr[j] <= 0.f ? 0.f : gr[j] * scale;
-                    hr[j] = v;
-                    part[j] += v;
-                }
-            } else {
-                for (int64_t j = 0; j < c; j++) hr[j] = yr[j] <= 0.f ? 0.f : gr[j] * scale;
-            }
+            for (int64_t j = 0; j < c; j++) hr[j] = yr[j] <= 0.f ? 0.f : gr[j] * scale;
         }
         if (dbias)
-            for (int64_t j = 0; j < c; j++) acc[j] += part[j];
+            add_block(gh + i0 * c, rows, c, part, acc);
     }
     if (dbias)
         for (int64_t j = 0; j < c; j++) dbias[j] = (float)acc[j];

@@ -516,7 +516,6 @@ class _HiddenStack(torch.autograd.Function):
                 gz = g if ours else torch.empty_like(y)
                 h, weight, z, gamma, stats = saved[-5:]
                 del saved[-5:]
-                n, c = z.shape
                 dgamma, dbeta = torch.empty(c), torch.empty(c)
                 lib.bn_relu_drop_bwd(g.data_ptr(), z.data_ptr(), y.data_ptr(), n, c, gamma.data_ptr(),
                                      stats.data_ptr(), scale, gz.data_ptr(), dgamma.data_ptr(), dbeta.data_ptr())
@@ -580,11 +579,10 @@ def _native_stack(operator: Callable[..., torch.Tensor], x: torch.Tensor, layers
         layout += [bias is not None, bn is not None, True, level]
         scalars += [scale, momentum, eps]
     if output is not None:
-        weights = output._parameters
-        params.append(weights["weight"])  # type: ignore[arg-type]
-        if weights["bias"] is not None:
-            params.append(weights["bias"])
-        layout += [weights["bias"] is not None, False, False, 0]
+        weight, bias, _, _ = _layer_parameters(x, output, None)
+        assert weight is not None
+        params += [weight] if bias is None else [weight, bias]
+        layout += [bias is not None, False, False, 0]
         scalars += [1.0, 0.0, 0.0]
     return operator(x, params, buffers, words, layout, scalars)
 

@@ -2,11 +2,12 @@
  * The hidden stack of trainer/fused.py as a native (C++) autograd node: the same matrix products in the
  * same order as its Python node (_HiddenStack there), and the same C kernels of fused.c, which this
  * library links in. The biases are the kernels' too: added in the ReLU's pass (not by the product),
- * their gradients summed in the ReLU's backward pass. A Python autograd node costs ~85 us more per training step of two hidden layers
- * (the engine's call back into Python and each backward operation's Python dispatch); this is what is
- * left of the regularizers' overhead once their arithmetic is fused. The model's output layer (a Linear
- * with no activation) may close the stack: in the node, its autograd bookkeeping is saved too (~4 % of a
- * plain 784-256-256-10 step, measured in place).
+ * their gradients summed in the ReLU's backward pass. A Python autograd node costs ~85 us more per
+ * training step of two hidden layers (the engine's call back into Python and each backward
+ * operation's Python dispatch); this is what is left of the regularizers' overhead once their
+ * arithmetic is fused. The model's output layer (a Linear with no activation) may close the stack:
+ * in the node, its autograd bookkeeping is saved too (~4 % of a plain 784-256-256-10 step, measured
+ * in place).
  *
  * trainer/fused.py compiles this file with fused.c (the system C++ compiler, PyTorch's headers) on
  * first use and loads it with torch.ops.load_library; the operator is
@@ -165,7 +166,6 @@ struct HiddenStack : public torch::autograd::Function<HiddenStack> {
         h = saved[si];
         w = saved[si + 1];
         const at::Tensor &z = saved[si + 2], &gamma = saved[si + 3], &stats = saved[si + 4];
-        const int64_t n = z.size(0), c = z.size(1);
         at::Tensor dgamma = at::empty({c}, z.options()), dbeta = at::empty({c}, z.options());
         bn_relu_drop_bwd(g.data_ptr<float>(), z.data_ptr<float>(), y.data_ptr<float>(), n, c,
                          gamma.data_ptr<float>(), stats.data_ptr<float>(), scale, gz.data_ptr<float>(),
